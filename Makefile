@@ -1,0 +1,42 @@
+# One-command set-up: `make demo` and `make test` create .venv, install torch (pinned, so no CUDA
+# download on CPU machines), the package with its dev extras, and make sure Fashion-MNIST is present.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.robustact-installed
+DATA_STAMP := $(VENV)/.fashion-mnist-ready
+DEMO_OUT ?= runs/demo
+
+.PHONY: setup data demo test lint bench clean
+
+setup: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+data: $(DATA_STAMP)
+
+$(DATA_STAMP): $(STAMP)
+	$(PY) -m robustact data fetch fashion_mnist
+	touch $(DATA_STAMP)
+
+demo: $(STAMP) $(DATA_STAMP)
+	$(PY) -m robustact train --config configs/demo.yaml --out $(DEMO_OUT)
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests bench
+
+test: $(STAMP) $(DATA_STAMP) lint
+	$(PY) -m pytest -q
+
+bench: $(STAMP) $(DATA_STAMP)
+	$(PY) bench/kwta.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
