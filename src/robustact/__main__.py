@@ -1,0 +1,5 @@
+import sys
+
+from robustact.cli import main
+
+sys.exit(main())

@@ -1,0 +1,183 @@
+"""k-Winners-Take-All (Xiao, Zhong, Zheng, ICLR 2020).
+
+``phi_k(y)_j = y_j`` if ``y_j`` is among the k largest entries of ``y``, else 0.
+
+Conventions (see ``docs/kwta.md`` for the reasoning):
+
+- **mode** ``"volume"`` (the paper's, default): one vector per sample, all non-batch dims
+  (C*H*W for a conv layer, the features of a dense layer). ``"channel"``: one vector per
+  (sample, channel) over H*W; a 2-D (dense) input has no spatial extent and uses volume mode.
+- **k from a ratio** ``gamma`` uses floor, ``k = floor(gamma * N)`` as in the original PyTorch
+  code and the paper's formula; ``rounding="ceil"`` is offered. A ratio that would give k = 0
+  raises :class:`~robustact.errors.ConfigError` rather than silently zeroing a layer.
+- **ties** at the threshold are all kept (every value >= the k-th largest), as in the original,
+  so a sample with ties may keep more than k units.
+- **gradient** flows only through retained units (the mask is a step function).
+- **speed**: the per-sample threshold is a linear-time selection
+  (:func:`robustact.activations.select.kth_largest`), not a sort or the topk-repeat-permute of
+  the original code; the mask is applied with vectorised float arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustact.activations.select import kth_largest
+from robustact.errors import ConfigError
+
+MODES = ("volume", "channel")
+ROUNDINGS = ("floor", "ceil")
+
+
+def winners_from_ratio(ratio: float, n: int, rounding: str = "floor") -> int:
+    """Number of retained units k for ``n`` units at sparsity ratio ``ratio``; never 0."""
+    exact = ratio * n
+    # the epsilon absorbs float noise such as 0.1 * 1280 = 128.00000000000003
+    k = math.ceil(exact - 1e-9) if rounding == "ceil" else math.floor(exact + 1e-9)
+    if k < 1:
+        raise ConfigError(
+            f"k-WTA ratio {ratio:g} keeps no unit of a layer with {n} units per sample "
+            f"({rounding}({ratio:g} * {n}) = 0); use a ratio >= {1 / n:.4g} or rounding='ceil'"
+        )
+    return min(k, n)
+
+
+class _KWTAFunction(torch.autograd.Function):
+    """Rows of a (R, n) tensor: keep values >= the row's k-th largest; grad through kept."""
+
+    @staticmethod
+    def forward(ctx: Any, rows: torch.Tensor, k: int) -> torch.Tensor:
+        threshold = kth_largest(rows.detach(), k)
+        # x >= t  <=>  x - nextafter(t, -inf) > 0 (exact in IEEE arithmetic). Float sign/relu
+        # vectorise far better on CPU than building a bool mask, and give the mask as 0/1.
+        below = torch.nextafter(threshold, threshold.new_tensor(-math.inf))
+        below = below.clamp_min(torch.finfo(rows.dtype).min).unsqueeze(1)
+        mask = torch.sub(rows, below).sign_().relu_()
+        ctx.save_for_backward(mask)
+        return rows * mask
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
+
+
+def kwta(x: torch.Tensor, k: int, mode: str = "volume") -> torch.Tensor:
+    """Functional k-WTA with a fixed k per vector (see the module docstring for ``mode``)."""
+    if x.dim() < 2:
+        raise ConfigError(f"k-WTA needs a batched input (B, ...), got shape {tuple(x.shape)}")
+    rows = _as_rows(x, mode)
+    n = rows.shape[1]
+    if not 1 <= k <= n:
+        raise ConfigError(
+            f"k-WTA k={k} is out of range for a layer with {n} units per {_unit(mode, x)}; "
+            f"use 1 <= k <= {n} or a ratio"
+        )
+    return _KWTAFunction.apply(rows, k).view_as(x)
+
+
+def _as_rows(x: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "channel" and x.dim() > 2:
+        return x.reshape(x.shape[0] * x.shape[1], -1)
+    return x.reshape(x.shape[0], -1)
+
+
+def _unit(mode: str, x: torch.Tensor) -> str:
+    return "channel" if mode == "channel" and x.dim() > 2 else "sample"
+
+
+class KWTA(nn.Module):
+    """k-Winners-Take-All activation.
+
+    Args:
+        ratio: sparsity ratio gamma in (0, 1]; k = floor(gamma * N) per vector. Changeable during
+            training (``module.ratio = 0.15`` or :func:`set_kwta_ratio`).
+        k: a fixed number of winners instead of a ratio (takes precedence).
+        mode: ``"volume"`` (per sample over C*H*W, the paper's) or ``"channel"`` (per channel).
+        rounding: ``"floor"`` (original code, default) or ``"ceil"``.
+
+    Shapes: input (B, N) or (B, C, H, W) (any (B, ...)); output the same shape.
+    """
+
+    def __init__(
+        self,
+        ratio: float | None = 0.2,
+        *,
+        k: int | None = None,
+        mode: str = "volume",
+        rounding: str = "floor",
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ConfigError(f"k-WTA mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if rounding not in ROUNDINGS:
+            raise ConfigError(f"k-WTA rounding must be floor or ceil, got {rounding!r}")
+        if k is None and ratio is None:
+            raise ConfigError("k-WTA needs a ratio (e.g. 0.2) or a fixed k")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ConfigError(f"k-WTA k must be a positive integer, got {k!r}")
+        self.mode = mode
+        self.rounding = rounding
+        self.k = k
+        self._ratio: float | None = None
+        if ratio is not None:
+            self.ratio = ratio
+
+    @property
+    def ratio(self) -> float | None:
+        return self._ratio
+
+    @ratio.setter
+    def ratio(self, value: float) -> None:
+        value = float(value)
+        if not 0.0 < value <= 1.0:
+            raise ConfigError(f"k-WTA ratio must be in (0, 1], got {value:g}")
+        self._ratio = value
+
+    def num_winners(self, n: int) -> int:
+        """k for a vector of ``n`` units."""
+        if self.k is not None:
+            return self.k
+        assert self._ratio is not None
+        return winners_from_ratio(self._ratio, n, self.rounding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2:
+            raise ConfigError(f"k-WTA needs a batched input (B, ...), got shape {tuple(x.shape)}")
+        n = _as_rows(x, self.mode).shape[1]
+        return kwta(x, self.num_winners(n), self.mode)
+
+    def extra_repr(self) -> str:
+        size = f"k={self.k}" if self.k is not None else f"ratio={self._ratio:g}"
+        return f"{size}, mode={self.mode}, rounding={self.rounding}"
+
+    # The ratio is a Python float (reading a tensor buffer in forward would cost a host sync on
+    # GPUs); extra state puts it into state_dict so checkpoints keep a ratio changed in training.
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"ratio": self._ratio, "k": self.k, "mode": self.mode, "rounding": self.rounding}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.k = state.get("k")
+        self.mode = state.get("mode", self.mode)
+        self.rounding = state.get("rounding", self.rounding)
+        if state.get("ratio") is not None:
+            self.ratio = state["ratio"]
+
+
+def set_kwta_ratio(model: nn.Module, ratio: float) -> int:
+    """Set the ratio of every ratio-based :class:`KWTA` in ``model``; returns how many changed."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, KWTA) and module.k is None:
+            module.ratio = ratio
+            changed += 1
+    return changed
+
+
+def kwta_ratios(model: nn.Module) -> list[float]:
+    """The ratios of the ratio-based k-WTA modules of ``model`` (in module order)."""
+    return [m.ratio for m in model.modules() if isinstance(m, KWTA) and m.ratio is not None]

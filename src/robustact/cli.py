@@ -1,0 +1,251 @@
+"""The ``robustact`` command: a thin face over the library; it holds no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from robustact.errors import ConfigError, RobustactError
+
+MAIN_EXAMPLE = """\
+examples:
+  robustact train --model small_cnn --dataset fashion_mnist --activation kwta --ratio 0.2 --epochs 3
+  robustact eval --checkpoint runs/train
+  robustact list models
+  robustact data fetch fashion_mnist
+"""
+
+TRAIN_EXAMPLE = """\
+examples:
+  # k-WTA (20% winners) small CNN on Fashion-MNIST, 3 epochs
+  robustact train --model small_cnn --dataset fashion_mnist --activation kwta --ratio 0.2 \\
+      --epochs 3 --lr 0.05 --out runs/kwta02
+  # incremental sparsity 0.2 -> 0.1 (minus 0.005 every 2 epochs), fine-tuning the run above
+  robustact train --config configs/demo.yaml --finetune-from runs/kwta02 --sparsity-start 0.2 \\
+      --sparsity-target 0.1 --lr 0.001 --out runs/kwta01
+  # a killed run continues where it stopped
+  robustact train --config configs/demo.yaml --out runs/demo --resume
+"""
+
+EVAL_EXAMPLE = """\
+examples:
+  robustact eval --checkpoint runs/kwta02
+  robustact eval --checkpoint runs/kwta02/checkpoint.pt --n 1000 --device cpu
+"""
+
+
+def _add_train_parser(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a model (checkpoint every epoch, resumable)",
+                       epilog=TRAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML file of training options; flags override it")
+    what = p.add_argument_group("what to train")
+    what.add_argument("--model", help="network name (robustact list models)")
+    what.add_argument("--dataset", help="dataset name (robustact list datasets)")
+    what.add_argument("--activation", help="activation name (robustact list activations)")
+    what.add_argument("--ratio", type=float, help="k-WTA sparsity ratio in (0, 1]")
+    what.add_argument("--k", type=int, help="k-WTA fixed number of winners (instead of --ratio)")
+    what.add_argument("--kwta-mode", choices=("volume", "channel"), help="k-WTA selection unit")
+    what.add_argument("--act-arg", action="append", default=[], metavar="KEY=VALUE",
+                      help="extra activation argument (repeatable), e.g. --act-arg alpha=0.5")
+    what.add_argument("--pretrained", help="torchvision-format weights file (resnet18, alexnet)")
+    what.add_argument("--finetune-from", help="start from the weights of a robustact checkpoint")
+    data = p.add_argument_group("data")
+    data.add_argument("--data-dir", help="where datasets live (default $ROBUSTACT_DATA, cache)")
+    data.add_argument("--batch-size", type=int)
+    data.add_argument("--no-augment", dest="augment", action="store_const", const=False)
+    data.add_argument("--resize", type=int, help="resize images, e.g. 224 for ImageNet networks")
+    data.add_argument("--train-subset", type=int, help="use the first N training images")
+    data.add_argument("--test-subset", type=int, help="use the first N test images")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int)
+    opt.add_argument("--optimizer", choices=("sgd", "adam"))
+    opt.add_argument("--lr", type=float, help="peak learning rate")
+    opt.add_argument("--momentum", type=float)
+    opt.add_argument("--weight-decay", type=float)
+    opt.add_argument("--schedule", choices=("constant", "step", "multistep", "cosine", "onecycle"))
+    opt.add_argument("--milestones", help="multistep epochs, comma-separated, e.g. 50,70")
+    opt.add_argument("--gamma", type=float, help="lr factor of step/multistep schedules")
+    opt.add_argument("--step-size", type=int, help="epochs between steps of the step schedule")
+    opt.add_argument("--warmup-epochs", type=float)
+    opt.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
+    opt.add_argument("--amp", action=argparse.BooleanOptionalAction,
+                     help="mixed precision (default: on for CUDA)")
+    sp = p.add_argument_group("incremental k-WTA sparsity")
+    sp.add_argument("--sparsity-start", type=float, help="ratio at the start, e.g. 0.2")
+    sp.add_argument("--sparsity-target", type=float, help="final ratio, e.g. 0.1")
+    sp.add_argument("--sparsity-step", type=float, help="decrement, e.g. 0.005")
+    sp.add_argument("--sparsity-every", type=int, help="epochs between decrements, e.g. 2")
+    sp.add_argument("--sparsity-begin", type=int, help="epoch at which the decrease starts")
+    run = p.add_argument_group("run")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    run.add_argument("--out", help="output directory (checkpoint, metrics, config)")
+    run.add_argument("--metrics-file", help="metrics file name, .jsonl or .csv")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out")
+    run.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+
+
+def _add_eval_parser(sub: Any) -> None:
+    p = sub.add_parser("eval", help="clean accuracy of a checkpoint", epilog=EVAL_EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    p.add_argument("--split", default="test", choices=("train", "test"))
+    p.add_argument("--n", type=int, help="evaluate the first N examples only")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robustact", epilog=MAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Activation-function defenses (k-WTA, KAF, SAP) and their honest evaluation.",
+    )
+    from robustact import __version__
+
+    parser.add_argument("--version", action="version", version=f"robustact {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_parser(sub)
+    _add_eval_parser(sub)
+    lst = sub.add_parser("list", help="list the registered models, activations or datasets",
+                         epilog="examples:\n  robustact list activations\n",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    lst.add_argument("what", choices=("models", "activations", "datasets"))
+    data = sub.add_parser("data", help="find or download datasets",
+                          epilog="examples:\n  robustact data fetch fashion_mnist\n"
+                                 "  robustact data fetch cifar10 --data-dir ~/data\n",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    data.add_argument("action", choices=("fetch", "where"))
+    data.add_argument("name", help="dataset name")
+    data.add_argument("--data-dir")
+    return parser
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def train_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Merge the config file (if any) and the explicit flags; flags win."""
+    from robustact.train import load_config_file
+
+    options: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    direct = ("model", "dataset", "activation", "pretrained", "finetune_from", "data_dir",
+              "batch_size", "augment", "resize", "train_subset", "test_subset", "epochs",
+              "optimizer", "lr", "momentum", "weight_decay", "schedule", "gamma", "step_size",
+              "warmup_epochs", "grad_clip", "amp", "seed", "device", "out", "metrics_file",
+              "progress")
+    for name in direct:
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = value
+    if args.milestones is not None:
+        try:
+            options["milestones"] = [int(m) for m in args.milestones.split(",") if m.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"--milestones must be comma-separated epochs, got {args.milestones!r}"
+            ) from None
+    act_kwargs = dict(options.get("act_kwargs") or {})
+    for flag, key in (("ratio", "ratio"), ("k", "k"), ("kwta_mode", "mode")):
+        if getattr(args, flag) is not None:
+            act_kwargs[key] = getattr(args, flag)
+    for item in args.act_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--act-arg expects KEY=VALUE, got {item!r}")
+        act_kwargs[key.strip()] = _parse_value(value)
+    if args.k is not None and args.ratio is None:
+        act_kwargs["ratio"] = None
+    options["act_kwargs"] = act_kwargs
+    sparsity = dict(options.get("sparsity") or {})
+    for flag in ("start", "target", "step", "every", "begin"):
+        value = getattr(args, f"sparsity_{flag}")
+        if value is not None:
+            sparsity["begin_epoch" if flag == "begin" else flag] = value
+    if sparsity:
+        options["sparsity"] = sparsity
+    return options
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from robustact.train import TrainConfig, train
+
+    config = TrainConfig.from_dict(train_options(args))
+    result = train(config, resume=args.resume)
+    final = result.history[-1]
+    print(f"test accuracy {100 * final['test_acc']:.2f}% after {final['epoch']} epochs; "
+          f"checkpoint {result.checkpoint}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from robustact.data import BatchLoader, load_dataset
+    from robustact.device import select_device
+    from robustact.eval import evaluate_accuracy
+    from robustact.train import load_model
+
+    device = select_device(args.device)
+    model, config = load_model(args.checkpoint, device)
+    dataset = load_dataset(config["dataset"], args.split, data_dir=args.data_dir or
+                           config.get("data_dir"))
+    if args.n:
+        dataset = dataset.subset(args.n)
+    loader = BatchLoader(dataset, batch_size=args.batch_size, device=device,
+                         resize=config.get("resize"))
+    result = evaluate_accuracy(model, loader, progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "split": args.split, **result}))
+    else:
+        print(f"{config['model']} / {config['activation']} on {config['dataset']} "
+              f"{args.split} ({result['n']} images): accuracy {100 * result['accuracy']:.2f}%, "
+              f"loss {result['loss']:.4f}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "models":
+        from robustact.models import list_models as names
+    elif args.what == "activations":
+        from robustact.activations import list_activations as names
+    else:
+        from robustact.data import list_datasets as names
+    print("\n".join(names()))
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from robustact.data import fetch_dataset, find_dataset_dir
+
+    if args.action == "where":
+        path = find_dataset_dir(args.name, args.data_dir)
+        print(path if path else f"{args.name}: not found")
+        return 0 if path else 1
+    print(fetch_dataset(args.name, data_dir=args.data_dir))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "data": cmd_data}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except RobustactError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; a training run continues with the same command plus --resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

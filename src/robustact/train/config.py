@@ -1,0 +1,150 @@
+"""The training configuration: one flat dataclass, loadable from YAML, overridable by CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robustact.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "onecycle")
+
+
+@dataclass
+class SparsitySchedule:
+    """Incremental k-WTA sparsity: ``start`` until ``begin_epoch``, then minus ``step`` every
+    ``every`` epochs down to ``target``. The k-WTA paper: 0.2 -> 0.1 by 0.005 every 2 epochs."""
+
+    start: float = 0.2
+    target: float = 0.1
+    step: float = 0.005
+    every: int = 2
+    begin_epoch: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("start", "target"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"sparsity {name} must be in (0, 1], got {value:g}")
+        if self.step <= 0 or self.every < 1 or self.begin_epoch < 0:
+            raise ConfigError("sparsity step must be > 0, every >= 1 and begin_epoch >= 0")
+        if self.target > self.start:
+            raise ConfigError(
+                f"sparsity target {self.target:g} is above start {self.start:g}; "
+                "incremental sparsity lowers the ratio"
+            )
+
+    def ratio(self, epoch: int) -> float:
+        """The k-WTA ratio used during ``epoch`` (0-based)."""
+        steps = max(0, epoch - self.begin_epoch) // self.every
+        # round: 0.2 - 3 * 0.005 must be 0.185, not 0.18499999999999997
+        return round(max(self.target, self.start - steps * self.step), 10)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Units: lr per step, epochs, pixels in [0, 1]."""
+
+    # what to train
+    model: str = "small_cnn"
+    dataset: str = "fashion_mnist"
+    activation: str = "relu"
+    act_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"ratio": 0.2}
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None  # torchvision-format state-dict file (resnet18, alexnet)
+    finetune_from: str | None = None  # a robustact checkpoint whose weights start this run
+    # data
+    data_dir: str | None = None
+    batch_size: int = 128
+    augment: bool = True
+    resize: int | None = None  # e.g. 224 for ImageNet-shaped networks
+    train_subset: int | None = None  # first n training images (quick runs)
+    test_subset: int | None = None
+    # optimisation
+    epochs: int = 10
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"
+    milestones: list[int] = field(default_factory=list)  # multistep: epochs where lr *= gamma
+    step_size: int = 30  # step: lr *= gamma every step_size epochs
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    peak_at: float = 0.4  # onecycle: fraction of training at which lr peaks
+    grad_clip: float | None = None  # max gradient norm
+    amp: bool | None = None  # None: on for CUDA
+    sparsity: SparsitySchedule | None = None
+    # bookkeeping
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs/train"
+    metrics_file: str = "metrics.jsonl"  # .jsonl or .csv
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sparsity, dict):
+            self.sparsity = SparsitySchedule(**self.sparsity)
+        self.validate()
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid names: sgd, adam")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"unknown schedule {self.schedule!r}; valid names: {', '.join(SCHEDULES)}"
+            )
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if not 0.0 < self.peak_at < 1.0:
+            raise ConfigError(f"peak_at must be in (0, 1), got {self.peak_at}")
+        if Path(self.metrics_file).suffix not in (".jsonl", ".csv"):
+            raise ConfigError(f"metrics_file must end in .jsonl or .csv, got {self.metrics_file}")
+        if self.sparsity is not None and self.activation != "kwta":
+            raise ConfigError("a sparsity schedule needs activation 'kwta'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown training option(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(sorted(names))}"
+            )
+        return cls(**data)
+
+    def hash(self) -> str:
+        """A short hash of what determines the trained weights (not where they are written)."""
+        skip = {"out", "progress", "device", "metrics_file", "data_dir"}
+        payload = {k: v for k, v in self.to_dict().items() if k not in skip}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (or JSON) file of training options; returns a plain dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of options")
+    return data

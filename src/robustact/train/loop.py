@@ -1,0 +1,260 @@
+"""The one training loop. Everything that varies between experiments is in :class:`TrainConfig`."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from robustact.activations.kwta import kwta_ratios, set_kwta_ratio
+from robustact.device import amp_dtype, select_device
+from robustact.errors import CheckpointError, ConfigError
+from robustact.eval.accuracy import evaluate_accuracy
+from robustact.train.checkpoint import (
+    CHECKPOINT_NAME,
+    FORMAT_VERSION,
+    build_model,
+    load_checkpoint,
+    save_atomic,
+)
+from robustact.train.config import TrainConfig
+from robustact.train.metrics import append_metrics, write_metrics
+from robustact.train.schedules import lr_at
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    checkpoint: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    model: nn.Module | None = None
+    resumed_from_epoch: int | None = None
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.history[-1]["test_acc"] if self.history else math.nan
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
+
+
+def train(config: TrainConfig, *, resume: bool = False, log: Any = print) -> TrainResult:
+    """Train ``config.model`` on ``config.dataset``; checkpoint every epoch into ``config.out``.
+
+    With ``resume``, a run whose ``checkpoint.pt`` exists continues after its last finished
+    epoch and ends with the same weights as an uninterrupted run (same seed, same device).
+    """
+    from robustact.data import BatchLoader, load_dataset
+
+    device = select_device(config.device)
+    use_amp = config.amp if config.amp is not None else device.type == "cuda"
+    dtype = amp_dtype(device) if use_amp else None
+    if use_amp and dtype is None:
+        raise ConfigError(f"mixed precision (amp) is supported on CUDA only, not on {device.type}")
+    out = Path(config.out)
+    ckpt_path = out / CHECKPOINT_NAME
+    torch.manual_seed(config.seed)
+
+    train_set = load_dataset(config.dataset, "train", data_dir=config.data_dir)
+    test_set = load_dataset(config.dataset, "test", data_dir=config.data_dir)
+    if config.train_subset:
+        train_set = train_set.subset(config.train_subset)
+    if config.test_subset:
+        test_set = test_set.subset(config.test_subset)
+    train_loader = BatchLoader(train_set, batch_size=config.batch_size, shuffle=True,
+                               augment=config.augment, seed=config.seed, device=device,
+                               resize=config.resize)
+    test_loader = BatchLoader(test_set, batch_size=max(256, config.batch_size), device=device,
+                              resize=config.resize)
+
+    model = build_model(config.to_dict()).to(device)
+    if config.finetune_from:
+        _load_finetune_weights(model, config)
+    optimizer = make_optimizer(config, model)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is not None)
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    resumed_from = None
+    if ckpt_path.exists():
+        if not resume:
+            raise ConfigError(
+                f"{out} already holds a checkpoint; pass --resume to continue it "
+                "or use another --out"
+            )
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        if ckpt.get("config_hash") != config.hash():
+            raise ConfigError(
+                f"the checkpoint in {out} was trained with a different configuration; "
+                "resume with the same options or use another --out"
+            )
+        model.load_state_dict(ckpt["model_state"])
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+        scaler.load_state_dict(ckpt["scaler_state"])
+        _set_rng_state(ckpt["rng"])
+        history = list(ckpt["history"])
+        start_epoch = resumed_from = ckpt["epoch"] + 1
+        log(f"resuming {out} after epoch {ckpt['epoch'] + 1}/{config.epochs}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    metrics_path = out / config.metrics_file
+    write_metrics(metrics_path, history)
+
+    for epoch in range(start_epoch, config.epochs):
+        row = _run_epoch(config, model, optimizer, scaler, train_loader, test_loader,
+                         epoch, device, dtype)
+        history.append(row)
+        state = {
+            "format": FORMAT_VERSION,
+            "config": config.to_dict(),
+            "config_hash": config.hash(),
+            "epoch": epoch,
+            "model_state": model.state_dict(),
+            "optimizer_state": optimizer.state_dict(),
+            "scaler_state": scaler.state_dict(),
+            "rng": _get_rng_state(),
+            "history": history,
+            "versions": {"torch": str(torch.__version__), "robustact": _version()},
+        }
+        save_atomic(state, ckpt_path)
+        append_metrics(metrics_path, row, first=(epoch == 0))
+        log(_format_row(row, config.epochs))
+
+    result = TrainResult(out, ckpt_path, history, model.eval(), resumed_from)
+    (out / "summary.json").write_text(json.dumps(
+        {"config_hash": config.hash(), "epochs": config.epochs, "final": history[-1]}, indent=2
+    ))
+    return result
+
+
+def _run_epoch(
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    train_loader: Any,
+    test_loader: Any,
+    epoch: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> dict[str, Any]:
+    if config.sparsity is not None:
+        set_kwta_ratio(model, config.sparsity.ratio(epoch))
+    model.train()
+    train_loader.set_epoch(epoch)
+    steps = len(train_loader)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    bar = _progress(train_loader, config, epoch)
+    start = time.perf_counter()
+    lr = config.lr
+    for i, (x, y) in enumerate(bar):
+        lr = lr_at(config, epoch + i / steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        if not torch.isfinite(loss).all() and device.type == "cpu":
+            raise ConfigError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
+                              "lower --lr or set --grad-clip")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.grad_clip is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.detach().float() * y.shape[0]
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += y.shape[0]
+        if hasattr(bar, "set_postfix") and (i % 25 == 0 or i == steps - 1):
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", lr=f"{lr:.3g}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    test = evaluate_accuracy(model, test_loader, amp=dtype is not None)
+    ratios = kwta_ratios(model)
+    return {
+        "epoch": epoch + 1,
+        "train_loss": round(loss_sum.item() / max(seen, 1), 6),
+        "train_acc": round(correct.item() / max(seen, 1), 6),
+        "test_loss": round(test["loss"], 6),
+        "test_acc": round(test["accuracy"], 6),
+        "lr": lr,
+        "ratio": ratios[0] if ratios else None,
+        "images_per_s": round(seen / seconds, 1),
+        "seconds": round(seconds, 3),
+    }
+
+
+def _progress(loader: Any, config: TrainConfig, epoch: int) -> Any:
+    if not config.progress:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
+                dynamic_ncols=True)
+
+
+def _format_row(row: dict[str, Any], epochs: int) -> str:
+    ratio = f"  ratio {row['ratio']:.3f}" if row["ratio"] is not None else ""
+    return (
+        f"epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  "
+        f"train {100 * row['train_acc']:.2f}%  test {100 * row['test_acc']:.2f}%  "
+        f"lr {row['lr']:.4g}{ratio}  {row['images_per_s']:.0f} img/s"
+    )
+
+
+def _load_finetune_weights(model: nn.Module, config: TrainConfig) -> None:
+    """Start from another run's weights; the activation's own settings come from ``config``."""
+    ckpt = load_checkpoint(config.finetune_from)
+    missing, unexpected = model.load_state_dict(ckpt["model_state"], strict=False)
+    # k-WTA keeps its ratio as extra state: a ReLU source has none, and the new ratio wins anyway
+    bad = [k for k in list(missing) + list(unexpected) if not k.endswith("_extra_state")]
+    if bad:
+        raise CheckpointError(
+            f"{config.finetune_from} does not fit model {config.model!r}: "
+            f"mismatched keys {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}"
+        )
+    ratio = config.act_kwargs.get("ratio")
+    if config.sparsity is not None:
+        ratio = config.sparsity.ratio(0)
+    if ratio is not None:
+        set_kwta_ratio(model, ratio)
+
+
+def _get_rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _version() -> str:
+    from robustact import __version__
+
+    return __version__
