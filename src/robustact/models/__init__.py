@@ -1,0 +1,67 @@
+"""Model zoo: every model takes images in [0, 1], normalizes inside and returns logits.
+
+``create_model(name, **kwargs)`` builds a registered model; see :func:`list_models`.
+"""
+
+from __future__ import annotations
+
+from robustact.models.alexnet import AlexNet, AlexNetCifar
+from robustact.models.normalize import Normalize
+from robustact.models.pretrained import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    alexnet_key_map,
+    load_torchvision_weights,
+    resnet18_key_map,
+)
+from robustact.models.registry import (
+    MODELS,
+    PRETRAINED_MODELS,
+    create_model,
+    list_models,
+    model_arguments,
+)
+from robustact.models.resnet import (
+    BasicBlock,
+    CifarResNet,
+    PadShortcut,
+    PreActBlock,
+    PreActResNet18,
+    ResNet18,
+    resnet20,
+    resnet32,
+    resnet44,
+    resnet56,
+    resnet110,
+)
+from robustact.models.small_cnn import SmallCNN
+from robustact.models.vgg import VGGKAF
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MODELS",
+    "PRETRAINED_MODELS",
+    "AlexNet",
+    "AlexNetCifar",
+    "BasicBlock",
+    "CifarResNet",
+    "Normalize",
+    "PadShortcut",
+    "PreActBlock",
+    "PreActResNet18",
+    "ResNet18",
+    "SmallCNN",
+    "VGGKAF",
+    "alexnet_key_map",
+    "create_model",
+    "list_models",
+    "load_torchvision_weights",
+    "model_arguments",
+    "resnet18_key_map",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+]
