@@ -2,7 +2,7 @@
 
 ``phi_k(y)_j = y_j`` if ``y_j`` is among the k largest entries of ``y``, else 0.
 
-Conventions (see ``docs/kwta.md`` for the reasoning):
+Conventions (also in the README, "k-WTA: the choices made"):
 
 - **mode** ``"volume"`` (the paper's, default): one vector per sample, all non-batch dims
   (C*H*W for a conv layer, the features of a dense layer). ``"channel"``: one vector per
@@ -14,8 +14,9 @@ Conventions (see ``docs/kwta.md`` for the reasoning):
   so a sample with ties may keep more than k units.
 - **gradient** flows only through retained units (the mask is a step function).
 - **speed**: the per-sample threshold is a linear-time selection
-  (:func:`robustact.activations.select.kth_largest`), not a sort or the topk-repeat-permute of
-  the original code; the mask is applied with vectorised float arithmetic.
+  in a compiled kernel that also writes the 0/1 mask in the same pass
+  (:func:`robustact.activations.select.kwta_mask`; NumPy / ``torch.kthvalue`` fallbacks), not a
+  sort or the topk-repeat-permute formulation of the original code.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.activations.select import kth_largest
+from robustact.activations.select import kwta_mask
 from robustact.errors import ConfigError
 
 MODES = ("volume", "channel")
@@ -46,42 +47,48 @@ def winners_from_ratio(ratio: float, n: int, rounding: str = "floor") -> int:
     return min(k, n)
 
 
-class _KWTAFunction(torch.autograd.Function):
-    """Rows of a (R, n) tensor: keep values >= the row's k-th largest; grad through kept."""
+def _kwta_rows(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """Rows of a (R, n) tensor: keep the values >= the row's k-th largest, zero the others.
 
-    @staticmethod
-    def forward(ctx: Any, rows: torch.Tensor, k: int) -> torch.Tensor:
-        threshold = kth_largest(rows.detach(), k)
-        # x >= t  <=>  x - nextafter(t, -inf) > 0 (exact in IEEE arithmetic). Float sign/relu
-        # vectorise far better on CPU than building a bool mask, and give the mask as 0/1.
-        below = torch.nextafter(threshold, threshold.new_tensor(-math.inf))
-        below = below.clamp_min(torch.finfo(rows.dtype).min).unsqueeze(1)
-        mask = torch.sub(rows, below).sign_().relu_()
-        ctx.save_for_backward(mask)
-        return rows * mask
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None
+    The 0/1 mask carries no autograd graph, so ``rows * mask`` sends gradient only through the
+    kept units, computed by autograd's own multiply backward (no Python callback).
+    """
+    return rows * kwta_mask(rows.detach(), k)
 
 
-def kwta(x: torch.Tensor, k: int, mode: str = "volume") -> torch.Tensor:
-    """Functional k-WTA with a fixed k per vector (see the module docstring for ``mode``)."""
+def kwta(
+    x: torch.Tensor,
+    k: int | None = None,
+    *,
+    ratio: float | None = None,
+    mode: str = "volume",
+    rounding: str = "floor",
+) -> torch.Tensor:
+    """Functional k-WTA: a fixed ``k`` per vector, or k from ``ratio`` (see the module docstring).
+
+    Shapes: x (B, ...), e.g. (B, N) or (B, C, H, W); the output has the shape of x.
+    """
     if x.dim() < 2:
         raise ConfigError(f"k-WTA needs a batched input (B, ...), got shape {tuple(x.shape)}")
     rows = _as_rows(x, mode)
     n = rows.shape[1]
-    if not 1 <= k <= n:
+    if k is None:
+        if ratio is None:
+            raise ConfigError("k-WTA needs a ratio (e.g. 0.2) or a fixed k")
+        k = winners_from_ratio(ratio, n, rounding)
+    elif not 1 <= k <= n:
         raise ConfigError(
             f"k-WTA k={k} is out of range for a layer with {n} units per {_unit(mode, x)}; "
             f"use 1 <= k <= {n} or a ratio"
         )
-    return _KWTAFunction.apply(rows, k).view_as(x)
+    out = _kwta_rows(rows, k)
+    return out if rows is x else out.view_as(x)
 
 
 def _as_rows(x: torch.Tensor, mode: str) -> torch.Tensor:
-    if mode == "channel" and x.dim() > 2:
+    if x.dim() == 2:  # a dense layer: already one row per sample (no extra autograd node)
+        return x
+    if mode == "channel":
         return x.reshape(x.shape[0] * x.shape[1], -1)
     return x.reshape(x.shape[0], -1)
 
@@ -146,10 +153,7 @@ class KWTA(nn.Module):
         return winners_from_ratio(self._ratio, n, self.rounding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2:
-            raise ConfigError(f"k-WTA needs a batched input (B, ...), got shape {tuple(x.shape)}")
-        n = _as_rows(x, self.mode).shape[1]
-        return kwta(x, self.num_winners(n), self.mode)
+        return kwta(x, self.k, ratio=self._ratio, mode=self.mode, rounding=self.rounding)
 
     def extra_repr(self) -> str:
         size = f"k={self.k}" if self.k is not None else f"ratio={self._ratio:g}"
