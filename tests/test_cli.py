@@ -35,6 +35,10 @@ def test_config_file_with_flag_overrides(tmp_path: Path) -> None:
                  "--out", str(out)]) == 0
     saved = (out / "config.yaml").read_text()
     assert "ratio: 0.25" in saved and "epochs: 1" in saved and "lr: 0.01" in saved
+    # another activation on the command line drops the file's k-WTA arguments
+    assert main(["train", "--config", str(config), *TINY, "--epochs", "1", "--activation",
+                 "relu", "--out", str(tmp_path / "relu")]) == 0
+    assert "act_kwargs: {}" in (tmp_path / "relu" / "config.yaml").read_text()
 
 
 @pytest.mark.parametrize(

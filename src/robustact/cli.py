@@ -26,6 +26,9 @@ examples:
   # incremental sparsity 0.2 -> 0.1 (minus 0.005 every 2 epochs), fine-tuning the run above
   robustact train --config configs/demo.yaml --finetune-from runs/kwta02 --sparsity-start 0.2 \\
       --sparsity-target 0.1 --lr 0.001 --out runs/kwta01
+  # fine-tune torchvision ImageNet weights at 224x224 (the k-WTA reproduction's pretrained runs)
+  robustact train --model resnet18 --model-arg stem=imagenet --pretrained resnet18.pth \
+      --dataset cifar10 --resize 224 --epochs 10 --lr 0.01 --schedule constant --grad-clip 0.5
   # a killed run continues where it stopped
   robustact train --config configs/demo.yaml --out runs/demo --resume
 """
@@ -50,6 +53,8 @@ def _add_train_parser(sub: Any) -> None:
     what.add_argument("--kwta-mode", choices=("volume", "channel"), help="k-WTA selection unit")
     what.add_argument("--act-arg", action="append", default=[], metavar="KEY=VALUE",
                       help="extra activation argument (repeatable), e.g. --act-arg alpha=0.5")
+    what.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                      help="extra model argument (repeatable), e.g. --model-arg stem=imagenet")
     what.add_argument("--pretrained", help="torchvision-format weights file (resnet18, alexnet)")
     what.add_argument("--finetune-from", help="start from the weights of a robustact checkpoint")
     data = p.add_argument_group("data")
@@ -125,10 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_value(text: str) -> Any:
+def _key_values(items: list[str], flag: str) -> dict[str, Any]:
+    """``["ratio=0.1", "mode=channel"]`` -> ``{"ratio": 0.1, "mode": "channel"}`` (YAML values)."""
     import yaml
 
-    return yaml.safe_load(text)
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
+        parsed[key.strip()] = yaml.safe_load(value)
+    return parsed
 
 
 def train_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -136,6 +148,7 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
     from robustact.train import load_config_file
 
     options: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    file_activation = options.get("activation")
     direct = ("model", "dataset", "activation", "pretrained", "finetune_from", "data_dir",
               "batch_size", "augment", "resize", "train_subset", "test_subset", "epochs",
               "optimizer", "lr", "momentum", "weight_decay", "schedule", "gamma", "step_size",
@@ -153,14 +166,15 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
                 f"--milestones must be comma-separated epochs, got {args.milestones!r}"
             ) from None
     act_kwargs = dict(options.get("act_kwargs") or {})
+    if args.activation is not None and args.activation != file_activation:
+        act_kwargs = {}  # the file's activation arguments belong to the activation it named
     for flag, key in (("ratio", "ratio"), ("k", "k"), ("kwta_mode", "mode")):
         if getattr(args, flag) is not None:
             act_kwargs[key] = getattr(args, flag)
-    for item in args.act_arg:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--act-arg expects KEY=VALUE, got {item!r}")
-        act_kwargs[key.strip()] = _parse_value(value)
+    act_kwargs.update(_key_values(args.act_arg, "--act-arg"))
+    if args.model_arg:
+        options["model_kwargs"] = {**(options.get("model_kwargs") or {}),
+                                   **_key_values(args.model_arg, "--model-arg")}
     if args.k is not None and args.ratio is None:
         act_kwargs["ratio"] = None
     options["act_kwargs"] = act_kwargs
