@@ -35,7 +35,7 @@ def evaluate_accuracy(
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(loader, desc="eval", leave=False, unit="batch")
+        batches = tqdm(loader, desc="eval", leave=False, unit="batch", disable=None)
     try:
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -211,7 +211,9 @@ def _progress(loader: Any, config: TrainConfig, epoch: int) -> Any:
         return loader
     from tqdm.auto import tqdm
 
+    # disable=None: no bar when stderr is not a terminal (CI logs, files)
     return tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
+                disable=None,
                 dynamic_ncols=True)
 
 
