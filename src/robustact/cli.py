@@ -14,6 +14,7 @@ MAIN_EXAMPLE = """\
 examples:
   robustact train --model small_cnn --dataset fashion_mnist --activation kwta --ratio 0.2 --epochs 3
   robustact eval --checkpoint runs/train
+  robustact attack --checkpoint runs/train --attacks fgsm,pgd,deepfool,square --eps 0.1,0.2
   robustact list models
   robustact data fetch fashion_mnist
 """
@@ -105,6 +106,44 @@ def _add_eval_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+ATTACK_EXAMPLE = """\
+examples:
+  robustact attack --checkpoint runs/kwta01 --attacks fgsm,pgd,deepfool,square --eps 0.1,0.2 \\
+      --n 1000
+  # options per attack, EOT for a randomized model, BPDA through masking layers
+  robustact attack --checkpoint runs/sap --attack pgd:steps=100,restarts=5,loss=margin,eot=32 \\
+      --attack square:queries=5000 --eps 0.1 --samples 32
+  robustact attack --checkpoint runs/kwta01 --attack pgd:steps=40,bpda=true --attack gradest \\
+      --eps 0.1 --independent
+"""
+
+
+def _add_attack_parser(sub: Any) -> None:
+    p = sub.add_parser("attack", help="robust accuracy under attacks, with masking diagnostics",
+                       epilog=ATTACK_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    p.add_argument("--attacks", default="", help="comma-separated attack names "
+                   "(robustact list attacks), e.g. fgsm,pgd,deepfool,square")
+    p.add_argument("--attack", action="append", default=[], metavar="SPEC",
+                   help="one attack with options, NAME:KEY=VALUE,... (repeatable); keys eot=N and "
+                        "bpda=true wrap the model")
+    p.add_argument("--eps", required=True, help="comma-separated eps on the [0, 1] scale")
+    p.add_argument("--norm", choices=("linf", "l2"), help="norm for every attack (default linf)")
+    p.add_argument("--n", type=int, default=1000, help="number of test examples (default 1000)")
+    p.add_argument("--samples", type=int, default=1,
+                   help="forward passes averaged per prediction (randomized models)")
+    p.add_argument("--independent", action="store_true",
+                   help="run every attack on every clean-correct point (default: each attack only "
+                        "on the points still robust)")
+    p.add_argument("--no-diagnostics", dest="diagnostics", action="store_false")
+    p.add_argument("--probe-size", type=int, default=200, help="examples used by diagnostics")
+    p.add_argument("--split", default="test", choices=("train", "test"))
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="result file stem (default: beside the checkpoint, "
+                                 "robustness-<time>.json/.csv)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="robustact", epilog=MAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -116,10 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train_parser(sub)
     _add_eval_parser(sub)
+    _add_attack_parser(sub)
     lst = sub.add_parser("list", help="list the registered models, activations or datasets",
                          epilog="examples:\n  robustact list activations\n",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    lst.add_argument("what", choices=("models", "activations", "datasets"))
+    lst.add_argument("what", choices=("models", "activations", "datasets", "attacks"))
     data = sub.add_parser("data", help="find or download datasets",
                           epilog="examples:\n  robustact data fetch fashion_mnist\n"
                                  "  robustact data fetch cifar10 --data-dir ~/data\n",
@@ -223,9 +263,82 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eps_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--eps must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise ConfigError("--eps needs at least one value, e.g. --eps 0.1")
+    return values
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    import csv
+    import time
+    from pathlib import Path
+
+    from robustact.data import BatchLoader, load_dataset
+    from robustact.device import select_device
+    from robustact.eval import AttackSpec, evaluate
+    from robustact.train import load_model
+
+    specs = [AttackSpec.parse(a) for a in (n.strip() for n in args.attacks.split(",")) if a]
+    specs += [AttackSpec.parse(a) for a in args.attack]
+    if not specs:
+        raise ConfigError("give attacks with --attacks fgsm,pgd or --attack pgd:steps=40")
+    if args.norm:
+        for spec in specs:
+            spec.kwargs.setdefault("norm", args.norm)
+    eps_list = _eps_list(args.eps)
+    device = select_device(args.device)
+    model, config = load_model(args.checkpoint, device)
+    dataset = load_dataset(config["dataset"], args.split,
+                           data_dir=args.data_dir or config.get("data_dir")).subset(args.n)
+    loader = BatchLoader(dataset, batch_size=512, resize=config.get("resize"))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(specs) * len(eps_list), unit="attack", disable=None)
+    started: list[str] = []
+
+    def progress(message: str) -> None:  # called as each attack starts
+        if started:
+            bar.update(1)
+        started.append(message)
+        bar.set_description(message)
+
+    report = evaluate(model, loader, specs, eps_list, n_examples=args.n, n_samples=args.samples,
+                      sequential=not args.independent, diagnose=args.diagnostics,
+                      probe_size=args.probe_size, progress=progress)
+    bar.update(bar.total - bar.n)
+    bar.close()
+    ckpt = Path(args.checkpoint)
+    run_dir = ckpt if ckpt.is_dir() else ckpt.parent
+    stem = Path(args.out) if args.out else run_dir / f"robustness-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    record = {"checkpoint": str(args.checkpoint), "model": config["model"],
+              "activation": config["activation"], "act_kwargs": config.get("act_kwargs"),
+              "dataset": config["dataset"], "split": args.split, **report.to_dict()}
+    stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    rows = report.rows()
+    with stem.with_suffix(".csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"{config['model']} / {config['activation']} on {config['dataset']} "
+          f"({report.n} examples, {'independent' if args.independent else 'sequential'} attacks)")
+    print(report.table())
+    if report.diagnostics is not None:
+        print(report.diagnostics.summary())
+    print(f"results: {stem.with_suffix('.json')} and {stem.with_suffix('.csv')}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "models":
         from robustact.models import list_models as names
+    elif args.what == "attacks":
+        from robustact.attacks import list_attacks as names
     elif args.what == "activations":
         from robustact.activations import list_activations as names
     else:
@@ -245,7 +358,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "data": cmd_data}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "attack": cmd_attack, "list": cmd_list,
+            "data": cmd_data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

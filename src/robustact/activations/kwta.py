@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.activations.select import kwta_mask
+from robustact.activations.select import kth_largest, kwta_mask
 from robustact.errors import ConfigError
 
 MODES = ("volume", "channel")
@@ -83,6 +83,44 @@ def kwta(
         )
     out = _kwta_rows(rows, k)
     return out if rows is x else out.view_as(x)
+
+
+def kwta_surrogate(
+    x: torch.Tensor,
+    k: int | None = None,
+    *,
+    ratio: float | None = None,
+    mode: str = "volume",
+    rounding: str = "floor",
+    temperature: float = 0.1,
+) -> torch.Tensor:
+    """Smooth stand-in for :func:`kwta` used on the BPDA backward pass (see
+    :meth:`KWTA.bpda_surrogate`): ``x * sigmoid((x - t) / tau)`` per vector (``mode`` as in
+    :func:`kwta`), ``t`` the vector's k-th largest value and ``tau = temperature * std(vector)``
+    (population std, floored at 1e-6), both detached. Shape of x in and out.
+    """
+    if x.dim() < 2:
+        raise ConfigError(f"k-WTA needs a batched input (B, ...), got shape {tuple(x.shape)}")
+    if not (isinstance(temperature, int | float) and math.isfinite(temperature)
+            and temperature > 0):
+        raise ConfigError(f"k-WTA bpda_temperature must be a number > 0, got {temperature!r}")
+    rows = _as_rows(x, mode)
+    n = rows.shape[1]
+    if k is None:
+        if ratio is None:
+            raise ConfigError("k-WTA needs a ratio (e.g. 0.2) or a fixed k")
+        k = winners_from_ratio(ratio, n, rounding)
+    elif not 1 <= k <= n:
+        raise ConfigError(
+            f"k-WTA k={k} is out of range for a layer with {n} units per {_unit(mode, x)}; "
+            f"use 1 <= k <= {n} or a ratio"
+        )
+    with torch.no_grad():
+        detached = rows.detach()
+        t = kth_largest(detached, k).unsqueeze(1)
+        tau = (temperature * detached.std(1, correction=0, keepdim=True)).clamp_min(1e-6)
+    out = rows * torch.sigmoid((rows - t) / tau)
+    return out.reshape(x.shape)
 
 
 def _as_rows(x: torch.Tensor, mode: str) -> torch.Tensor:
@@ -154,6 +192,28 @@ class KWTA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kwta(x, self.k, ratio=self._ratio, mode=self.mode, rounding=self.rounding)
+
+    #: temperature of :meth:`bpda_surrogate`, relative to the per-vector std of the input
+    #: (a plain attribute, not a constructor argument: ``layer.bpda_temperature = 0.05``)
+    bpda_temperature: float = 0.1
+
+    def bpda_surrogate(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable stand-in for this layer, used by :class:`robustact.attacks.BPDA`.
+
+        ``x * sigmoid((x - t) / tau)`` per vector (``mode`` as in forward), ``t`` the vector's
+        k-th largest value (the forward threshold) and ``tau = bpda_temperature * std(vector)``
+        (default 0.1 std; both detached). BPDA keeps the forward value of the exact k-WTA and
+        takes the gradient of this function: ``sigmoid(z) + x * sigmoid'(z) / tau`` with
+        ``z = (x - t) / tau``, i.e. ~1 for clear winners, ~0 far below the threshold and
+        nonzero for units within a few tau of it on either side, so an attack sees which
+        units a small step would switch on or off. The alternative (the identity on the
+        retained pattern) is the exact gradient of the current linear piece, which the plain
+        backward already gives; BPDA with it would change nothing, hence the smooth choice.
+        A lower temperature approaches the hard mask (and its masked gradient); a higher one
+        smooths over more units.
+        """
+        return kwta_surrogate(x, self.k, ratio=self._ratio, mode=self.mode,
+                              rounding=self.rounding, temperature=self.bpda_temperature)
 
     def extra_repr(self) -> str:
         size = f"k={self.k}" if self.k is not None else f"ratio={self._ratio:g}"

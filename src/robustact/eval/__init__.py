@@ -1,5 +1,16 @@
-"""Evaluation: accuracy now; robust accuracy, calibration and diagnostics in later modules."""
+"""Evaluation: clean accuracy, robust accuracy under attack suites, diagnostics, statistics."""
 
 from robustact.eval.accuracy import evaluate_accuracy
+from robustact.eval.robustness import (
+    AttackOutcome,
+    AttackSpec,
+    RobustnessReport,
+    evaluate,
+    predict,
+)
+from robustact.eval.stats import wilson_interval
 
-__all__ = ["evaluate_accuracy"]
+__all__ = [
+    "AttackOutcome", "AttackSpec", "RobustnessReport", "evaluate", "evaluate_accuracy",
+    "predict", "wilson_interval",
+]

@@ -1,0 +1,277 @@
+"""The attack base class: it owns the invariants every attack shares.
+
+An attack object holds keyword-only hyperparameters; it is called as ``attack(model, x, y)``.
+:meth:`Attack.__call__` checks the inputs, puts the model in eval mode (and restores its mode),
+takes the device from the model, splits the work into batches, projects every result onto the
+eps-ball and [0, 1], counts model queries and judges success. Subclasses write only
+:meth:`Attack.run`, one batch at a time, with the helpers below for the shared steps.
+
+Units: images and eps are on the [0, 1] pixel scale; an L-inf eps of 8/255 is ``eps=8/255``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from robustact.errors import ConfigError
+
+NORMS = ("linf", "l2")
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns, for N examples.
+
+    Attributes:
+        x_adv: adversarial inputs (N, C, H, W) in [0, 1], inside the eps-ball of x.
+        success: bool (N,): the model's prediction on ``x_adv`` is not the label.
+        norms: (N,) perturbation norm ||x_adv - x|| in the attack's norm, pixel scale.
+        queries: int64 (N,) model forward passes spent on each example.
+        loss_trace: mean attack loss after each iteration (iterative attacks; else empty).
+        grad_bad_fraction: fraction of input-gradient entries that were exactly 0 or not finite,
+            over all gradients the attack computed (None for gradient-free attacks).
+        seconds: wall time.
+        params: the attack's name and hyperparameters.
+    """
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    norms: torch.Tensor
+    queries: torch.Tensor
+    loss_trace: list[float] = field(default_factory=list)
+    grad_bad_fraction: float | None = None
+    seconds: float = 0.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Fraction of examples the attack did not fool (clean errors count as fooled)."""
+        return 1.0 - self.success.float().mean().item() if len(self.success) else math.nan
+
+
+class QueryCounter(nn.Module):
+    """Wraps a model and counts forward passes per example of the current batch.
+
+    A forward on the whole batch (or ``r`` stacked copies of it) adds 1 (or ``r``) to every
+    example; an attack that queries a subset sets ``index`` (the subset's positions) first.
+    """
+
+    def __init__(self, model: nn.Module, batch_size: int, device: torch.device) -> None:
+        super().__init__()
+        self.model = model
+        self.counts = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        self.index: torch.Tensor | None = None  # which examples of the batch x holds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.index is None:
+            self.counts += x.shape[0] // max(self.counts.numel(), 1)
+        else:
+            self.counts.index_add_(0, self.index, torch.ones_like(self.index))
+        return self.model(x)
+
+
+@dataclass
+class _Stats:
+    """Per-call bookkeeping, kept as device tensors (no host sync inside attack loops)."""
+
+    loss: list[torch.Tensor] = field(default_factory=list)
+    bad: torch.Tensor | int = 0
+    total: int = 0
+
+
+class Attack:
+    """Base class. Subclasses set ``name``, accept their hyperparameters keyword-only, call
+    ``super().__init__(eps=..., norm=..., ...)`` and implement :meth:`run`."""
+
+    name: ClassVar[str] = "attack"
+    #: True for attacks that never read gradients (diagnostics compare them to white-box ones)
+    gradient_free: ClassVar[bool] = False
+    #: True when ``eps`` bounds the perturbation (minimum-norm attacks project afterwards)
+    bounded: ClassVar[bool] = True
+    #: the norms the attack implements
+    norms: ClassVar[tuple[str, ...]] = NORMS
+
+    def __init__(
+        self, *, eps: float, norm: str = "linf", batch_size: int = 256, seed: int | None = 0
+    ) -> None:
+        if norm not in self.norms:
+            raise ConfigError(f"{self.name}: norm must be {' or '.join(self.norms)}, "
+                              f"got {norm!r}")
+        if not (isinstance(eps, int | float) and math.isfinite(eps) and eps >= 0):
+            raise ConfigError(f"{self.name}: eps must be a number >= 0 on the [0, 1] scale, "
+                              f"got {eps!r}")
+        if batch_size < 1:
+            raise ConfigError(f"{self.name}: batch_size must be >= 1, got {batch_size}")
+        self.eps = float(eps)
+        self.norm = norm
+        self.batch_size = int(batch_size)
+        self.seed = seed
+        self._stats = _Stats()
+        self._counter: QueryCounter | None = None
+
+    # ---- what subclasses implement ------------------------------------------------------------
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Adversarial inputs for one batch (x in [0, 1], on the model's device)."""
+        raise NotImplementedError
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The attack's settings, stored with every result (override to add attack-specific)."""
+        return {"eps": self.eps, "norm": self.norm}
+
+    # ---- the invariants -------------------------------------------------------------------------
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+        _check_inputs(self.name, x, y)
+        device = _model_device(model)
+        was_training = model.training
+        model.eval()
+        self._stats = _Stats()
+        start = time.perf_counter()
+        generator_state = self._seed(device)
+        outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        try:
+            for lo in range(0, x.shape[0], self.batch_size):
+                xb = x[lo:lo + self.batch_size].to(device)
+                yb = y[lo:lo + self.batch_size].to(device)
+                counter = QueryCounter(model, xb.shape[0], device)
+                self._counter = counter
+                adv = self.run(counter, xb.detach().clone(), yb)
+                adv = self.project(xb, adv.detach())
+                with torch.no_grad():
+                    wrong = counter(adv).argmax(1) != yb
+                outputs.append((adv, wrong, counter.counts.clone()))
+        finally:
+            self._counter = None
+            model.train(was_training)
+            _restore_seed(generator_state)
+        x_adv = torch.cat([o[0] for o in outputs])
+        return AttackResult(
+            x_adv=x_adv,
+            success=torch.cat([o[1] for o in outputs]),
+            norms=perturbation_norm(x_adv - x.to(device), self.norm),
+            queries=torch.cat([o[2] for o in outputs]),
+            loss_trace=self._loss_trace(),
+            grad_bad_fraction=(float(self._stats.bad) / self._stats.total
+                               if self._stats.total else None),
+            seconds=time.perf_counter() - start,
+            params={"attack": self.name, **self.hyperparameters()},
+        )
+
+    def project(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        """Onto the eps-ball around x (in the attack's norm) and then [0, 1]."""
+        return project(x, x_adv, self.eps, self.norm)
+
+    # ---- helpers for subclasses -----------------------------------------------------------------
+    def input_gradient(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-example loss (B,), its gradient w.r.t. x (B, ...) and the logits (B, classes).
+
+        The gradient of the summed loss is taken, so each example gets its own gradient.
+        Records the fraction of zero / non-finite gradient entries for the diagnostics.
+        """
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        self._stats.bad = self._stats.bad + (grad.numel() - torch.count_nonzero(grad))
+        self._stats.total += grad.numel()
+        return loss.detach(), grad, logits.detach()
+
+    def record_loss(self, loss: torch.Tensor) -> None:
+        """Remember one iteration's per-example loss (averaged across batches afterwards)."""
+        self._stats.loss.append(loss.detach().float().mean())
+
+    def _loss_trace(self) -> list[float]:
+        if not self._stats.loss:
+            return []
+        return [float(v) for v in torch.stack(self._stats.loss).cpu()]
+
+    def _seed(self, device: torch.device) -> Any:
+        """Seed the global RNG for a reproducible attack, remembering the old state."""
+        if self.seed is None:
+            return None
+        state = (torch.get_rng_state(),
+                 torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+        torch.manual_seed(self.seed)
+        return state
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args})"
+
+
+@contextmanager
+def subset_queries(model: nn.Module, index: torch.Tensor) -> Iterator[None]:
+    """Count the forwards made inside the block for the batch positions ``index`` only.
+
+    ``index`` lists, for each row of the tensors forwarded, which example of the batch it belongs
+    to (repeat a position to charge several rows to one example). A no-op for plain models.
+    """
+    if not isinstance(model, QueryCounter):
+        yield
+        return
+    model.index = index
+    try:
+        yield
+    finally:
+        model.index = None
+
+
+def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project ``x_adv`` onto {x' : ||x' - x|| <= eps} (per example) and then clip to [0, 1].
+
+    Clipping to [0, 1] after the L2 projection can only shrink the perturbation, so the result
+    is inside both sets.
+    """
+    delta = x_adv - x
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+        factor = (eps / norms).clamp(max=1.0).view(-1, *([1] * (delta.dim() - 1)))
+        delta = delta * factor
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """(N,) L-inf or L2 norm of each example's perturbation."""
+    flat = delta.flatten(1)
+    if flat.shape[1] == 0:
+        return flat.new_zeros(flat.shape[0])
+    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+
+
+def _check_inputs(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ConfigError(f"{name}: x must be a float tensor of images in [0, 1]")
+    if x.dim() < 2 or y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ConfigError(f"{name}: expected x (N, ...) and labels y (N,), got {tuple(x.shape)} "
+                          f"and {tuple(y.shape)}")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ConfigError(f"{name}: inputs must be in [0, 1] (got {x.min().item():.3g}.."
+                          f"{x.max().item():.3g}); normalization belongs inside the model")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _restore_seed(state: Any) -> None:
+    if state is None:
+        return
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])

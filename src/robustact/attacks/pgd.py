@@ -1,0 +1,185 @@
+"""Iterative gradient attacks: PGD (Madry et al.), BIM (Kurakin et al.), MI-FGSM (Dong et al.)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustact.attacks.base import Attack
+from robustact.attacks.losses import get_loss
+from robustact.errors import ConfigError
+
+
+def step_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """Steepest-ascent direction of unit norm: sign(g) for L-inf, g / ||g||_2 for L2."""
+    if norm == "linf":
+        return grad.sign()
+    norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return grad / norms.view(-1, *([1] * (grad.dim() - 1)))
+
+
+def random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """A uniform point of the L-inf ball, or a random direction at a uniform radius (L2)."""
+    if norm == "linf":
+        delta = torch.empty_like(x).uniform_(-eps, eps)
+    else:
+        delta = step_direction(torch.randn_like(x), "l2")
+        delta = delta * eps * torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+class PGD(Attack):
+    """Projected gradient ascent on a loss, with random start and restarts.
+
+    Args:
+        eps: radius on the [0, 1] scale (L-inf or L2).
+        steps: iterations per restart.
+        step_size: absolute step; default ``rel_step * eps`` if ``rel_step`` is given, else
+            ``2.5 * eps / steps`` (Madry et al.).
+        rel_step: step as a fraction of eps (foolbox's ``rel_stepsize``; the k-WTA
+            reproduction used 0.003).
+        random_start: start from a random point of the ball.
+        restarts: independent runs; each example keeps its best (first a misclassified point,
+            else the highest loss).
+        loss: "ce", "margin" (CW) or "dlr".
+    """
+
+    name = "pgd"
+
+    def __init__(
+        self, *, eps: float, norm: str = "linf", steps: int = 40, step_size: float | None = None,
+        rel_step: float | None = None, random_start: bool = True, restarts: int = 1,
+        loss: str = "ce", batch_size: int = 256, seed: int | None = 0,
+    ) -> None:
+        super().__init__(eps=eps, norm=norm, batch_size=batch_size, seed=seed)
+        if steps < 1 or restarts < 1:
+            raise ConfigError(f"{self.name}: steps and restarts must be >= 1")
+        if step_size is not None and rel_step is not None:
+            raise ConfigError(f"{self.name}: give step_size or rel_step, not both")
+        self.steps = int(steps)
+        self.restarts = int(restarts)
+        self.random_start = bool(random_start)
+        self.loss = loss
+        self.loss_fn = get_loss(loss)
+        if step_size is None:
+            step_size = rel_step * eps if rel_step is not None else 2.5 * eps / self.steps
+        if step_size < 0:
+            raise ConfigError(f"{self.name}: step_size must be >= 0, got {step_size}")
+        self.step_size = float(step_size)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {**super().hyperparameters(), "steps": self.steps, "step_size": self.step_size,
+                "random_start": self.random_start, "restarts": self.restarts, "loss": self.loss}
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        best = x.clone()
+        best_fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        best_loss = torch.full((x.shape[0],), -math.inf, device=x.device)
+        for restart in range(self.restarts):
+            start = random_start(x, self.eps, self.norm) if self.random_start else x.clone()
+            x_adv = self._iterate(model, x, y, start, trace=(restart == 0),
+                                  best=(best, best_fooled, best_loss))
+            self._keep_best(model, x_adv, y, best, best_fooled, best_loss)
+        return best
+
+    def _iterate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
+                 *, trace: bool, best: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        for _ in range(self.steps):
+            loss, grad, logits = self.input_gradient(model, x_adv, y, self.loss_fn)
+            self._update_best(x_adv, loss, logits.argmax(1) != y, *best)
+            if trace:
+                self.record_loss(loss)
+            x_adv = self.project(x, x_adv + self.step_size * self.direction(grad))
+        return x_adv
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        return step_direction(grad, self.norm)
+
+    def _keep_best(self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor,
+                   best: torch.Tensor, best_fooled: torch.Tensor, best_loss: torch.Tensor) -> None:
+        with torch.no_grad():
+            logits = model(x_adv)
+        self._update_best(x_adv, self.loss_fn(logits, y), logits.argmax(1) != y,
+                          best, best_fooled, best_loss)
+
+    @staticmethod
+    def _update_best(x_adv: torch.Tensor, loss: torch.Tensor, fooled: torch.Tensor,
+                     best: torch.Tensor, best_fooled: torch.Tensor,
+                     best_loss: torch.Tensor) -> None:
+        """In place: an example takes ``x_adv`` if it fools the model and the best did not,
+        or if both agree on fooling and its loss is higher."""
+        better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
+        best.copy_(torch.where(better.view(-1, *([1] * (best.dim() - 1))), x_adv, best))
+        best_loss.copy_(torch.where(better, loss, best_loss))
+        best_fooled |= fooled
+
+
+class BIM(PGD):
+    """Basic Iterative Method (Kurakin et al. 2017): PGD from x itself (no random start).
+
+    Defaults follow the paper: step 1/255 and min(255 eps + 4, 1.25 * 255 eps) iterations.
+    """
+
+    name = "bim"
+
+    def __init__(self, *, eps: float, norm: str = "linf", steps: int | None = None,
+                 step_size: float | None = None, loss: str = "ce", batch_size: int = 256,
+                 seed: int | None = 0) -> None:
+        if steps is None:
+            steps = max(1, math.ceil(min(255 * eps + 4, 1.25 * 255 * eps)))
+        super().__init__(eps=eps, norm=norm, steps=steps,
+                         step_size=1 / 255 if step_size is None else step_size,
+                         random_start=False, restarts=1, loss=loss, batch_size=batch_size,
+                         seed=seed)
+
+
+class MIFGSM(PGD):
+    """Momentum iterative FGSM (Dong et al. 2018): g <- mu g + grad / ||grad||_1; step sign(g)."""
+
+    name = "mifgsm"
+
+    def __init__(self, *, eps: float, norm: str = "linf", steps: int = 10,
+                 step_size: float | None = None, decay: float = 1.0, loss: str = "ce",
+                 batch_size: int = 256, seed: int | None = 0) -> None:
+        super().__init__(eps=eps, norm=norm, steps=steps,
+                         step_size=eps / steps if step_size is None else step_size,
+                         random_start=False, restarts=1, loss=loss, batch_size=batch_size,
+                         seed=seed)
+        self.decay = float(decay)
+        self._momentum: torch.Tensor | None = None
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {**super().hyperparameters(), "decay": self.decay}
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._momentum = torch.zeros_like(x)
+        return super().run(model, x, y)
+
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        assert self._momentum is not None
+        l1 = grad.abs().flatten(1).sum(1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+        self._momentum = self.decay * self._momentum + grad / l1
+        return step_direction(self._momentum, self.norm)
+
+
+class FGSM(Attack):
+    """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps
+    (sign of the gradient for L-inf, the normalised gradient for L2)."""
+
+    name = "fgsm"
+
+    def __init__(self, *, eps: float, norm: str = "linf", loss: str = "ce",
+                 batch_size: int = 256, seed: int | None = 0) -> None:
+        super().__init__(eps=eps, norm=norm, batch_size=batch_size, seed=seed)
+        self.loss = loss
+        self.loss_fn = get_loss(loss)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {**super().hyperparameters(), "loss": self.loss}
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _, grad, _ = self.input_gradient(model, x, y, self.loss_fn)
+        return x + self.eps * step_direction(grad, self.norm)

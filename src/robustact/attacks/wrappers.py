@@ -1,0 +1,245 @@
+"""Model wrappers for adaptive attacks: EOT for randomized models, BPDA for layers with useless
+gradients. Both are ``nn.Module`` s returning logits, so any attack takes them as the model::
+
+    PGD(eps=8 / 255)(EOT(model, n=32), x, y)     # gradient and prediction averaged over 32 draws
+    PGD(eps=8 / 255)(BPDA(kwta_model), x, y)     # k-WTA layers differentiated through a surrogate
+    PGD(eps=8 / 255)(EOT(BPDA(model)), x, y)     # both (put BPDA inside EOT)
+
+The attack judges success on the wrapper's output, i.e. on the averaged prediction for EOT
+(as REFERENCE section 5 asks), not on one lucky forward pass. The attack's query counter counts
+one query per EOT forward; the model itself runs ``n`` times.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from robustact.errors import ConfigError
+
+#: images per model forward when EOT gets neither ``max_batch`` nor ``memory_bytes``
+DEFAULT_MAX_BATCH = 4096
+REDUCTIONS = ("logits", "probs")
+
+
+class EOT(nn.Module):
+    """Expectation over transformation: the mean output of ``n`` stochastic forwards of ``model``.
+
+    The input batch (B, ...) is replicated ``n`` times along the batch dimension and run through
+    the model in as few forwards as possible, each with at most ``max_batch`` images (one forward
+    of n*B images in the common case, not a Python loop over n); the (n, B, K) outputs are then
+    averaged over the n copies. The average is differentiable, so autograd gives the gradient of
+    the averaged output (= the average of the n per-draw gradients). Attacks run the model in
+    eval mode, so BatchNorm uses its running statistics and replication changes nothing there;
+    only genuinely random layers (noise, dropout kept active, SAP...) differ between copies.
+
+    Args:
+        model: returns logits (B, K) for inputs in [0, 1].
+        n: number of draws averaged.
+        max_batch: most images per model forward. None: ``memory_bytes // estimate`` if
+            ``memory_bytes`` is given (the estimate is the summed output size of all leaf modules
+            for one image, i.e. roughly the activations autograd keeps per image, measured once
+            per input shape with a probe forward of one image, which draws from the RNG once),
+            else ``DEFAULT_MAX_BATCH`` = 4096. Chunks are slices of the replicated batch, so a
+            model drawing its noise with ``torch.rand*`` sees the same stream either way.
+        memory_bytes: optional memory budget for one chunk's activations (see ``max_batch``).
+        reduce: "logits" (default): the mean of the logits. "probs": the log of the mean softmax
+            probability, ``log(1/n sum_i softmax(z_i))``, computed stably with logsumexp; its
+            argmax is the class of highest mean probability and cross-entropy on it is the
+            cross-entropy of the averaged prediction (the usual way to score a randomized
+            classifier, e.g. SAP's averaged outputs).
+        checkpoint: when the work takes more than one chunk and a gradient is needed, recompute
+            each chunk's forward during backward (``torch.utils.checkpoint`` with the RNG state
+            preserved, so the recomputed draws are the same) instead of keeping every chunk's
+            activations: memory stays at one chunk, for one extra forward. None (default): on
+            exactly in that case; False: never.
+
+    Attributes: ``n``, ``reduce``, ``max_batch``, ``randomized = True``.
+    """
+
+    randomized = True
+
+    def __init__(self, model: nn.Module, n: int = 32, *, max_batch: int | None = None,
+                 memory_bytes: int | None = None, reduce: str = "logits",
+                 checkpoint: bool | None = None) -> None:
+        super().__init__()
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"EOT: n must be a positive integer, got {n!r}")
+        if max_batch is not None and (isinstance(max_batch, bool) or int(max_batch) < 1):
+            raise ConfigError(f"EOT: max_batch must be a positive integer, got {max_batch!r}")
+        if memory_bytes is not None and memory_bytes <= 0:
+            raise ConfigError(f"EOT: memory_bytes must be > 0, got {memory_bytes!r}")
+        if reduce not in REDUCTIONS:
+            raise ConfigError(f"EOT: reduce must be logits or probs, got {reduce!r}")
+        self.model = model
+        self.n = n
+        self.max_batch = None if max_batch is None else int(max_batch)
+        self.memory_bytes = memory_bytes
+        self.reduce = reduce
+        self.checkpoint = checkpoint
+        self._image_bytes: dict[tuple[Any, ...], int] = {}
+        self._no_checkpoint = False  # set by BPDA around its forward (see BPDA.forward)
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, reduce={self.reduce}, max_batch={self.max_batch}"
+
+    def chunk_size(self, x: torch.Tensor) -> int:
+        """Images per model forward for inputs shaped like ``x``."""
+        if self.max_batch is not None:
+            return self.max_batch
+        if self.memory_bytes is not None:
+            return max(1, int(self.memory_bytes // self._per_image_bytes(x)))
+        return DEFAULT_MAX_BATCH
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        total = self.n * batch
+        cap = self.chunk_size(x)
+        if total <= cap:
+            out = self.model(x.repeat(self.n, *([1] * (x.dim() - 1))))
+        else:
+            recompute = (self.checkpoint is not False and not self._no_checkpoint
+                         and torch.is_grad_enabled()
+                         and (x.requires_grad or any(p.requires_grad
+                                                     for p in self.model.parameters())))
+            index = torch.arange(total, device=x.device) % batch
+            outs = []
+            for lo in range(0, total, cap):
+                chunk = x.index_select(0, index[lo:lo + cap])
+                if recompute:
+                    outs.append(_checkpoint(self.model, chunk, use_reentrant=False,
+                                            preserve_rng_state=True))
+                else:
+                    outs.append(self.model(chunk))
+            out = torch.cat(outs)
+        out = out.view(self.n, batch, *out.shape[1:])
+        if self.reduce == "logits":
+            return out.mean(0)
+        return torch.logsumexp(torch.log_softmax(out, dim=-1), dim=0) - math.log(self.n)
+
+    def _per_image_bytes(self, x: torch.Tensor) -> int:
+        key = (tuple(x.shape[1:]), x.dtype, x.device)
+        if key not in self._image_bytes:
+            total = [x[:1].numel() * x.element_size()]
+
+            def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+                if isinstance(output, torch.Tensor):
+                    total[0] += output.numel() * output.element_size()
+
+            handles = [m.register_forward_hook(hook) for m in self.model.modules()
+                       if not any(True for _ in m.children())]
+            try:
+                with torch.no_grad():
+                    self.model(x[:1])
+            finally:
+                for handle in handles:
+                    handle.remove()
+            self._image_bytes[key] = max(1, total[0])
+        return self._image_bytes[key]
+
+
+def is_randomized(model: nn.Module, x: torch.Tensor, trials: int = 2) -> bool:
+    """Whether ``model`` gives different outputs for the same input across ``trials`` forwards
+    in eval mode (no grad; the model's train/eval mode is restored). Used by the diagnostics to
+    decide whether an evaluation needs EOT."""
+    if trials < 2:
+        raise ConfigError(f"is_randomized: trials must be >= 2, got {trials}")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            first = model(x)
+            for _ in range(trials - 1):
+                if not torch.equal(model(x), first):
+                    return True
+        return False
+    finally:
+        model.train(was_training)
+
+
+class BPDA(nn.Module):
+    """Backward Pass Differentiable Approximation (Athalye, Carlini, Wagner 2018).
+
+    The forward is exactly ``model``'s. On the backward pass, every sub-module (``model`` itself
+    included) that declares a surrogate, a method ``bpda_surrogate(self, x) -> Tensor``
+    differentiable with the module's output shape, is differentiated through the surrogate
+    instead: its output becomes ``layer(x) + (s - s.detach())`` with ``s = surrogate(x)``, whose
+    value is bit-for-bit the layer's (``s - s.detach()`` is exactly 0) and whose gradient is the
+    surrogate's (the straight-through trick ``s + (layer(x) - s).detach()``, without its rounding).
+    The layer itself runs under ``no_grad``. The substitution is installed by temporarily
+    replacing the modules' ``forward`` only for the duration of this wrapper's forward, and
+    removed afterwards, also when the forward raises: the wrapped model is unchanged after use.
+    Without a declaring module BPDA is the identity wrapper (its gradient is the plain one).
+
+    Attributes: ``layers``, the names (in ``model.named_modules()``; "" for ``model`` itself) of
+    the modules substituted, refreshed at each forward.
+
+    Combine with EOT as ``EOT(BPDA(model))``: the surrogates then also apply when EOT recomputes
+    a chunk during backward. (For ``BPDA(EOT(model))`` BPDA turns EOT's checkpointing off while
+    it runs, since a recomputation after BPDA's forward would miss the surrogates.)
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.layers = self._declaring()
+
+    def _declaring(self) -> list[str]:
+        return [name for name, module in self.model.named_modules()
+                if callable(getattr(module, "bpda_surrogate", None))]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.layers = self._declaring()
+        if not self.layers or not torch.is_grad_enabled():
+            return self.model(*args, **kwargs)
+        with self._substituted():
+            return self.model(*args, **kwargs)
+
+    @contextmanager
+    def _substituted(self) -> Iterator[None]:
+        modules = dict(self.model.named_modules())
+        saved: list[tuple[nn.Module, Any]] = []
+        eots = [m for m in self.model.modules() if isinstance(m, EOT) and not m._no_checkpoint]
+        try:
+            for eot in eots:
+                eot._no_checkpoint = True
+            for name in self.layers:
+                module = modules[name]
+                # an instance attribute ``forward`` (if any) is restored; else the class's is used
+                saved.append((module, module.__dict__.get("forward", _MISSING)))
+                module.forward = _surrogate_forward(module, module.forward)
+            yield
+        finally:
+            for module, previous in reversed(saved):
+                if previous is _MISSING:
+                    del module.forward
+                else:
+                    module.forward = previous
+            for eot in eots:
+                eot._no_checkpoint = False
+
+
+_MISSING = object()
+
+
+def _surrogate_forward(module: nn.Module, forward: Any) -> Any:
+    def substituted(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        with torch.no_grad():
+            value = forward(x, *args, **kwargs)
+        if not torch.is_grad_enabled():
+            return value
+        surrogate = module.bpda_surrogate(x)
+        if surrogate.shape != value.shape:
+            raise ConfigError(
+                f"BPDA: {type(module).__name__}.bpda_surrogate returned shape "
+                f"{tuple(surrogate.shape)}, the layer {tuple(value.shape)}"
+            )
+        return value + (surrogate - surrogate.detach())
+
+    return substituted

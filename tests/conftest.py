@@ -1,0 +1,40 @@
+"""Shared fixtures: small models trained once per test session on real Fashion-MNIST."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from robustact.data import BatchLoader, load_dataset
+from robustact.models import create_model
+
+
+def train_small_cnn(activation: str = "relu", n: int = 4000, epochs: int = 2,
+                    seed: int = 0, **act_kwargs: float) -> nn.Module:
+    """A small_cnn trained briefly on the first ``n`` Fashion-MNIST training images (CPU)."""
+    torch.manual_seed(seed)
+    model = create_model("small_cnn", act_layer=activation, act_kwargs=act_kwargs or None)
+    data = load_dataset("fashion_mnist", "train").subset(n)
+    loader = BatchLoader(data, batch_size=64, shuffle=True, seed=seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def relu_cnn() -> nn.Module:
+    return train_small_cnn("relu")
+
+
+@pytest.fixture(scope="session")
+def fmnist_test() -> tuple[torch.Tensor, torch.Tensor]:
+    """The first 200 Fashion-MNIST test images (float in [0, 1]) and labels."""
+    data = load_dataset("fashion_mnist", "test").subset(200)
+    return data.images.float() / 255, data.labels

@@ -1,0 +1,120 @@
+"""evaluate(): sequential/independent semantics, intervals, randomized models, diagnostics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from robustact.eval import AttackSpec, evaluate, wilson_interval
+from robustact.eval.diagnostics import NO_MASKING
+
+
+class Quantize(nn.Module):
+    """Rounds inputs to a few grey levels: zero gradient everywhere (a masking input layer).
+    It declares the identity as its BPDA surrogate."""
+
+    def __init__(self, levels: int = 4) -> None:
+        super().__init__()
+        self.levels = levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * (self.levels - 1)) / (self.levels - 1)
+
+    def bpda_surrogate(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class Noisy(nn.Module):
+    """Adds Gaussian noise even in eval mode: a randomized model."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.3 * torch.randn_like(x)
+
+
+def test_wilson_interval_closed_form() -> None:
+    lo, hi = wilson_interval(0, 100)
+    assert lo == 0.0 and hi == pytest.approx(3.8415 / 103.8415, abs=1e-4)
+    lo, hi = wilson_interval(50, 100)
+    assert (lo, hi) == (pytest.approx(0.4038, abs=1e-3), pytest.approx(0.5962, abs=1e-3))
+
+
+def test_spec_parsing() -> None:
+    spec = AttackSpec.parse("pgd:steps=40,restarts=2,eot=8,bpda=true,loss=margin")
+    assert spec.name == "pgd" and spec.kwargs == {"steps": 40, "restarts": 2, "loss": "margin"}
+    assert spec.eot == 8 and spec.bpda and spec.label == "pgd+eot8+bpda"
+
+
+def test_sequential_and_independent(relu_cnn: nn.Module, fmnist_test: tuple) -> None:
+    x, y = fmnist_test
+    data = (x[:100], y[:100])
+    seq = evaluate(relu_cnn, data, ["fgsm", "pgd:steps=10"], [0.05], diagnose=False)
+    fgsm, pgd = seq.outcomes
+    assert torch.equal(fgsm.attacked, seq.clean_correct)
+    assert torch.equal(pgd.attacked, fgsm.correct)  # only the points FGSM left robust
+    assert torch.equal(seq.worst_case(0.05), pgd.correct)
+    assert pgd.robust_accuracy <= fgsm.robust_accuracy <= seq.clean_accuracy
+    ind = evaluate(relu_cnn, data, ["fgsm", "pgd:steps=10"], [0.05], sequential=False,
+                   diagnose=False)
+    assert torch.equal(ind.outcomes[1].attacked, ind.clean_correct)
+    assert torch.equal(ind.worst_case(0.05), ind.outcomes[0].correct & ind.outcomes[1].correct)
+    for row in seq.rows():
+        assert row["ci_low"] <= row["robust_accuracy"] <= row["ci_high"]
+    assert "worst case" in seq.table()
+
+
+def test_diagnostics_stay_silent_on_a_plain_relu_network(relu_cnn: nn.Module,
+                                                        fmnist_test: tuple) -> None:
+    report = evaluate(relu_cnn, fmnist_test, ["fgsm", "pgd:steps=20", "square:queries=300"],
+                      [0.15], probe_size=100)
+    assert report.diagnostics.verdict == NO_MASKING, report.diagnostics.summary()
+
+
+def test_diagnostics_fire_on_a_quantizing_input_layer(relu_cnn: nn.Module,
+                                                      fmnist_test: tuple) -> None:
+    masked = nn.Sequential(Quantize(), relu_cnn).eval()
+    x, y = fmnist_test
+    report = evaluate(masked, (x[:100], y[:100]), ["pgd:steps=10", "square:queries=300"], [0.15],
+                      probe_size=60)
+    fired = {c.name for c in report.diagnostics.fired}
+    assert {"bad_gradients", "blackbox_beats_whitebox", "loss_not_rising"} <= fired
+    assert report.diagnostics.verdict.startswith("gradient masking suspected: ")
+    # BPDA (the identity surrogate of the rounding) restores the white-box attack
+    plain = report.accuracy("pgd", 0.15)
+    bpda = evaluate(masked, (x[:100], y[:100]), ["pgd:steps=10,bpda=true"], [0.15],
+                    diagnose=False)
+    assert bpda.accuracy("pgd+bpda", 0.15) < plain - 0.2
+
+
+def test_randomized_model_needs_eot(relu_cnn: nn.Module, fmnist_test: tuple) -> None:
+    noisy = nn.Sequential(Noisy(), relu_cnn).eval()
+    x, y = fmnist_test
+    data = (x[:40], y[:40])
+    without = evaluate(noisy, data, ["pgd:steps=5"], [0.1], n_samples=8, probe_size=20)
+    assert "randomized_without_eot" in {c.name for c in without.diagnostics.fired}
+    with_eot = evaluate(noisy, data, ["pgd:steps=5,eot=8"], [0.1], n_samples=8, probe_size=20)
+    check = next(c for c in with_eot.diagnostics.checks if c.name == "randomized_without_eot")
+    assert not check.fired and check.details["randomized"]
+
+
+def test_cli_attack_writes_json_and_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from robustact.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", "small_cnn", "--train-subset", "512", "--test-subset", "64",
+                 "--epochs", "1", "--device", "cpu", "--no-progress", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["attack", "--checkpoint", str(run), "--attacks", "fgsm,pgd",
+                 "--attack", "pgd:steps=5,loss=margin", "--eps", "0.05,0.1", "--n", "40",
+                 "--probe-size", "20", "--device", "cpu", "--out", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    assert "worst case" in printed and "verdict:" in printed
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["n"] == 40 and len(record["attacks"]) == 6
+    assert record["diagnostics"]["verdict"]
+    assert (tmp_path / "r.csv").read_text().startswith("attack,")
+    assert main(["attack", "--checkpoint", str(run), "--attacks", "pgd", "--eps", "x"]) == 2
+    assert "--eps must be comma-separated" in capsys.readouterr().err
