@@ -18,6 +18,8 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	# test-only reference implementation; --no-deps: its pinned requests is not needed
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "torchattacks==3.5.1"
 	touch $(STAMP)
 
 data: $(DATA_STAMP)

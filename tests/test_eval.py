@@ -108,12 +108,15 @@ def test_cli_attack_writes_json_and_csv(tmp_path: Path, capsys: pytest.CaptureFi
                  "--epochs", "1", "--device", "cpu", "--no-progress", "--out", str(run)]) == 0
     capsys.readouterr()
     assert main(["attack", "--checkpoint", str(run), "--attacks", "fgsm,pgd",
-                 "--attack", "pgd:steps=5,loss=margin", "--eps", "0.05,0.1", "--n", "40",
+                 "--attack", "pgd:steps=5,loss=margin", "--attack",
+                 f"transfer:surrogate={run},steps=5", "--eps", "0.05,0.1", "--n", "40",
                  "--probe-size", "20", "--device", "cpu", "--out", str(tmp_path / "r")]) == 0
     printed = capsys.readouterr().out
     assert "worst case" in printed and "verdict:" in printed
     record = json.loads((tmp_path / "r.json").read_text())
-    assert record["n"] == 40 and len(record["attacks"]) == 6
+    assert record["n"] == 40 and len(record["attacks"]) == 8
+    transfer = [a for a in record["attacks"] if a["name"] == "transfer"]
+    assert transfer[0]["gradient_free"] and transfer[0]["params"]["surrogate_name"] == str(run)
     assert record["diagnostics"]["verdict"]
     assert (tmp_path / "r.csv").read_text().startswith("attack,")
     assert main(["attack", "--checkpoint", str(run), "--attacks", "pgd", "--eps", "x"]) == 2

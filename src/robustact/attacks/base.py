@@ -128,8 +128,8 @@ class Attack:
 
     # ---- the invariants -------------------------------------------------------------------------
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
-        _check_inputs(self.name, x, y)
-        device = _model_device(model)
+        check_inputs(self.name, x, y)
+        device = model_device(model)
         was_training = model.training
         model.eval()
         self._stats = _Stats()
@@ -183,10 +183,15 @@ class Attack:
             logits = model(x)
             loss = loss_fn(logits, y)
             (grad,) = torch.autograd.grad(loss.sum(), x)
-        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        return loss.detach(), self.record_gradient(grad), logits.detach()
+
+    def record_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        """Count the zero / non-finite entries of an input gradient for the diagnostics and
+        return it with those entries set to 0 (no host sync)."""
+        grad = torch.nan_to_num(grad.detach(), nan=0.0, posinf=0.0, neginf=0.0)
         self._stats.bad = self._stats.bad + (grad.numel() - torch.count_nonzero(grad))
         self._stats.total += grad.numel()
-        return loss.detach(), grad, logits.detach()
+        return grad
 
     def record_loss(self, loss: torch.Tensor) -> None:
         """Remember one iteration's per-example loss (averaged across batches afterwards)."""
@@ -252,7 +257,7 @@ def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
 
 
-def _check_inputs(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+def check_inputs(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ConfigError(f"{name}: x must be a float tensor of images in [0, 1]")
     if x.dim() < 2 or y.dim() != 1 or y.shape[0] != x.shape[0]:
@@ -263,7 +268,7 @@ def _check_inputs(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
                           f"{x.max().item():.3g}); normalization belongs inside the model")
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")

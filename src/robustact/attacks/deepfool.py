@@ -156,7 +156,7 @@ class DeepFool(Attack):
         for k in range(classes.shape[1]):
             (grad,) = torch.autograd.grad((gaps[:, k] * weight).sum(), xs,
                                           retain_graph=k + 1 < classes.shape[1])
-            grad = self._count_bad(grad)
+            grad = self.record_gradient(grad)
             dual = grad.flatten(1).norm(p=2 if self.norm == "l2" else 1, dim=1)
             dist = gaps[:, k].detach().abs() / (dual + _TINY)
             better = dist < best_dist
@@ -168,12 +168,6 @@ class DeepFool(Attack):
             l2 = best_grad.flatten(1).norm(dim=1).view(shape)
             return size * best_grad / (l2 + _TINY), best_dist
         return size * best_grad.sign(), best_dist
-
-    def _count_bad(self, grad: torch.Tensor) -> torch.Tensor:
-        """Record zero / non-finite gradient entries for the diagnostics (as input_gradient)."""
-        self._stats.bad += int((~torch.isfinite(grad) | (grad == 0)).sum())
-        self._stats.total += grad.numel()
-        return torch.nan_to_num(grad.detach())
 
 
 def _forward(model: nn.Module, xs: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.attacks.base import Attack, AttackResult, _check_inputs, _model_device
+from robustact.attacks.base import Attack, AttackResult, check_inputs, model_device
 from robustact.errors import ConfigError
 
 
@@ -74,8 +74,8 @@ class Transfer(Attack):
                 "surrogate_name": self.surrogate_name}
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
-        _check_inputs(self.name, x, y)
-        device = _model_device(model)
+        check_inputs(self.name, x, y)
+        device = model_device(model)
         was_training = self.surrogate.training
         self.surrogate.to(device).eval()
         try:

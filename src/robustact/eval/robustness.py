@@ -69,7 +69,27 @@ class AttackSpec:
         return cls.parse(options)
 
     def build(self, eps: float) -> Attack:
+        if self.name == "transfer":
+            return self._build_transfer(eps)
         return create_attack(self.name, eps=eps, **self.kwargs)
+
+    def _build_transfer(self, eps: float) -> Attack:
+        """``transfer:surrogate=PATH,inner=pgd,steps=40``: the inner attack (default PGD, with
+        the remaining options) runs on the surrogate; PATH is a robustact checkpoint."""
+        kwargs = dict(self.kwargs)
+        surrogate = kwargs.pop("surrogate", None)
+        if surrogate is None:
+            raise ConfigError("transfer needs a surrogate model: transfer:surrogate=CHECKPOINT")
+        name = kwargs.pop("surrogate_name", None)
+        inner = kwargs.pop("inner", "pgd")
+        if isinstance(surrogate, str):
+            from robustact.train.checkpoint import load_model
+
+            name = name or surrogate
+            surrogate, _ = load_model(surrogate)
+        return create_attack("transfer", eps=eps, surrogate=surrogate, surrogate_name=name,
+                             attack=create_attack(inner, eps=eps, **kwargs),
+                             norm=kwargs.get("norm", "linf"))
 
     def wrap(self, model: nn.Module) -> nn.Module:
         from robustact.attacks.wrappers import BPDA, EOT
