@@ -68,19 +68,7 @@ def kwta(
 
     Shapes: x (B, ...), e.g. (B, N) or (B, C, H, W); the output has the shape of x.
     """
-    if x.dim() < 2:
-        raise ConfigError(f"k-WTA needs a batched input (B, ...), got shape {tuple(x.shape)}")
-    rows = _as_rows(x, mode)
-    n = rows.shape[1]
-    if k is None:
-        if ratio is None:
-            raise ConfigError("k-WTA needs a ratio (e.g. 0.2) or a fixed k")
-        k = winners_from_ratio(ratio, n, rounding)
-    elif not 1 <= k <= n:
-        raise ConfigError(
-            f"k-WTA k={k} is out of range for a layer with {n} units per {_unit(mode, x)}; "
-            f"use 1 <= k <= {n} or a ratio"
-        )
+    rows, k = _rows_and_k(x, k, ratio, mode, rounding)
     out = _kwta_rows(rows, k)
     return out if rows is x else out.view_as(x)
 
@@ -99,28 +87,35 @@ def kwta_surrogate(
     :func:`kwta`), ``t`` the vector's k-th largest value and ``tau = temperature * std(vector)``
     (population std, floored at 1e-6), both detached. Shape of x in and out.
     """
-    if x.dim() < 2:
-        raise ConfigError(f"k-WTA needs a batched input (B, ...), got shape {tuple(x.shape)}")
     if not (isinstance(temperature, int | float) and math.isfinite(temperature)
             and temperature > 0):
         raise ConfigError(f"k-WTA bpda_temperature must be a number > 0, got {temperature!r}")
-    rows = _as_rows(x, mode)
-    n = rows.shape[1]
-    if k is None:
-        if ratio is None:
-            raise ConfigError("k-WTA needs a ratio (e.g. 0.2) or a fixed k")
-        k = winners_from_ratio(ratio, n, rounding)
-    elif not 1 <= k <= n:
-        raise ConfigError(
-            f"k-WTA k={k} is out of range for a layer with {n} units per {_unit(mode, x)}; "
-            f"use 1 <= k <= {n} or a ratio"
-        )
+    rows, k = _rows_and_k(x, k, ratio, mode, rounding)
     with torch.no_grad():
         detached = rows.detach()
         t = kth_largest(detached, k).unsqueeze(1)
         tau = (temperature * detached.std(1, correction=0, keepdim=True)).clamp_min(1e-6)
     out = rows * torch.sigmoid((rows - t) / tau)
     return out.reshape(x.shape)
+
+
+def _rows_and_k(x: torch.Tensor, k: int | None, ratio: float | None, mode: str,
+                rounding: str) -> tuple[torch.Tensor, int]:
+    """The (R, n) vectors k-WTA works on and the validated number of winners per vector."""
+    if x.dim() < 2:
+        raise ConfigError(f"k-WTA needs a batched input (B, ...), got shape {tuple(x.shape)}")
+    rows = _as_rows(x, mode)
+    n = rows.shape[1]
+    if k is None:
+        if ratio is None:
+            raise ConfigError("k-WTA needs a ratio (e.g. 0.2) or a fixed k")
+        return rows, winners_from_ratio(ratio, n, rounding)
+    if not 1 <= k <= n:
+        raise ConfigError(
+            f"k-WTA k={k} is out of range for a layer with {n} units per {_unit(mode, x)}; "
+            f"use 1 <= k <= {n} or a ratio"
+        )
+    return rows, k
 
 
 def _as_rows(x: torch.Tensor, mode: str) -> torch.Tensor:
