@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from robustact.errors import ConfigError
 from robustact.eval import AttackSpec, evaluate, wilson_interval
 from robustact.eval.diagnostics import NO_MASKING
 
@@ -46,6 +47,9 @@ def test_spec_parsing() -> None:
     spec = AttackSpec.parse("pgd:steps=40,restarts=2,eot=8,bpda=true,loss=margin")
     assert spec.name == "pgd" and spec.kwargs == {"steps": 40, "restarts": 2, "loss": "margin"}
     assert spec.eot == 8 and spec.bpda and spec.label == "pgd+eot8+bpda"
+    with pytest.raises(ConfigError, match="share a label"):
+        evaluate(nn.Linear(4, 2), (torch.rand(2, 4), torch.zeros(2, dtype=torch.long)),
+                 ["pgd", "pgd:steps=3"], [0.1])
 
 
 def test_sequential_and_independent(relu_cnn: nn.Module, fmnist_test: tuple) -> None:
@@ -87,6 +91,18 @@ def test_diagnostics_fire_on_a_quantizing_input_layer(relu_cnn: nn.Module,
     bpda = evaluate(masked, (x[:100], y[:100]), ["pgd:steps=10,bpda=true"], [0.15],
                     diagnose=False)
     assert bpda.accuracy("pgd+bpda", 0.15) < plain - 0.2
+
+
+def test_wrappers_leave_the_model_in_eval_mode(relu_cnn: nn.Module,
+                                               fmnist_test: tuple) -> None:
+    x, y = fmnist_test
+    relu_cnn.eval()
+    plain = evaluate(relu_cnn, (x[:60], y[:60]), ["pgd:steps=5"], [0.1], diagnose=False)
+    wrapped = evaluate(relu_cnn, (x[:60], y[:60]), ["pgd:steps=5,bpda=true,eot=1"], [0.1],
+                       diagnose=False)
+    assert not relu_cnn.training
+    # BPDA with nothing to substitute and EOT over one pass change nothing
+    assert torch.equal(plain.outcomes[0].correct, wrapped.outcomes[0].correct)
 
 
 def test_randomized_model_needs_eot(relu_cnn: nn.Module, fmnist_test: tuple) -> None:

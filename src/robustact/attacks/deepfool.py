@@ -67,8 +67,9 @@ class DeepFool(Attack):
 
     Queries per example: 1 per iteration it takes part in (the first also ranks the candidates),
     1 for checking the last iterate when ``steps`` run out, and the base's final judgement.
-    The loss trace is the mean, over the batch, of the smallest linearised distance to a
-    candidate boundary (0 for examples already misclassified); it should fall towards 0.
+    The loss trace is minus the mean, over the batch, of the smallest linearised distance to a
+    candidate boundary (0 for examples already misclassified): like every attack's loss it
+    should rise (here towards 0).
     """
 
     name = "deepfool"
@@ -114,7 +115,7 @@ class DeepFool(Attack):
         for _ in range(self.steps):
             idx = (~found).nonzero().squeeze(1)
             if idx.numel() == 0:  # all done: pad the trace so every batch records `steps`
-                self.record_loss(distance)
+                self.record_loss(-distance)
                 continue
             xs = x_adv[idx].requires_grad_(True)
             with torch.enable_grad():
@@ -131,7 +132,7 @@ class DeepFool(Attack):
                 distance[go] = dist[live]
                 p_total[go] += p_step[live]
                 x_adv[go] = (x[go] + (1.0 + self.overshoot) * p_total[go]).clamp(0.0, 1.0)
-            self.record_loss(distance)
+            self.record_loss(-distance)
         idx = (~found).nonzero().squeeze(1)
         if idx.numel():  # the last update was never checked
             with torch.no_grad():

@@ -78,6 +78,7 @@ class EOT(nn.Module):
         if reduce not in REDUCTIONS:
             raise ConfigError(f"EOT: reduce must be logits or probs, got {reduce!r}")
         self.model = model
+        self.train(model.training)  # see BPDA.__init__
         self.n = n
         self.max_batch = None if max_batch is None else int(max_batch)
         self.memory_bytes = memory_bytes
@@ -188,6 +189,9 @@ class BPDA(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        # a wrapper takes the mode of what it wraps: a fresh module is in training mode, and
+        # restoring that mode after an attack would switch the wrapped model to training
+        self.train(model.training)
         self.layers = self._declaring()
 
     def _declaring(self) -> list[str]:

@@ -65,8 +65,9 @@ class Diagnostics:
 
 
 def _tolerance(n: int) -> float:
-    """Accuracy differences below this are noise for diagnostics on n points."""
-    return max(0.03, 3.0 / max(n, 1))
+    """Accuracy differences below this are noise for diagnostics on n points: 5 points of 100
+    (a plain ReLU network gains a few points from more restarts without masking anything)."""
+    return max(0.05, 5.0 / max(n, 1))
 
 
 def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, report: RobustnessReport,

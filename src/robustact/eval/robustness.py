@@ -282,6 +282,10 @@ def evaluate(
     specs = [AttackSpec.parse(a) for a in attacks]
     if not specs:
         raise ConfigError("give at least one attack, e.g. fgsm,pgd")
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"two attacks share a label ({', '.join(labels)}); give one of them "
+                          "label=NAME")
     eps_values = [float(e) for e in eps_list]
     if not eps_values or min(eps_values) < 0:
         raise ConfigError(f"eps values must be >= 0, got {list(eps_list)}")
