@@ -121,7 +121,7 @@ def test_deepfool_stops_each_example_when_it_is_misclassified() -> None:
     # an affine model is fooled by the first step: the second forward sees it and stops
     assert (result.queries == 3).all()
     assert len(result.loss_trace) == 50
-    assert result.loss_trace[0] > 0 and result.loss_trace[1:] == [0.0] * 49
+    assert result.loss_trace[0] < 0 and result.loss_trace[1:] == [0.0] * 49
 
 
 @pytest.mark.parametrize(("norm", "dual_p"), [("l2", 2.0), ("linf", 1.0)])

@@ -124,7 +124,7 @@ def test_cli_attack_writes_json_and_csv(tmp_path: Path, capsys: pytest.CaptureFi
                  "--epochs", "1", "--device", "cpu", "--no-progress", "--out", str(run)]) == 0
     capsys.readouterr()
     assert main(["attack", "--checkpoint", str(run), "--attacks", "fgsm,pgd",
-                 "--attack", "pgd:steps=5,loss=margin", "--attack",
+                 "--attack", "pgd:steps=5,loss=margin,label=pgd_margin", "--attack",
                  f"transfer:surrogate={run},steps=5", "--eps", "0.05,0.1", "--n", "40",
                  "--probe-size", "20", "--device", "cpu", "--out", str(tmp_path / "r")]) == 0
     printed = capsys.readouterr().out
