@@ -39,6 +39,7 @@ test: $(STAMP) $(DATA_STAMP) lint
 
 bench: $(STAMP) $(DATA_STAMP)
 	$(PY) bench/kwta.py
+	$(PY) bench/attacks.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

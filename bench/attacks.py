@@ -21,17 +21,16 @@ averaged gradient and the speed-up.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _results import write_result
 from robustact.attacks import PGD
 from robustact.attacks.wrappers import EOT
 from robustact.models import create_model
@@ -159,10 +158,7 @@ def main() -> None:
               f"batched {eot['eot_ms']:.1f} ms, loop {eot['loop_ms']:.1f} ms, "
               f"speed-up {eot['speedup']:.2f}x")
         result["eot"] = eot
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
+    write_result(args.json, result)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,14 @@ k-WTA <= 1.25x the ReLU epoch.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
+from _results import write_result
 from robustact.activations import KWTA
 from robustact.activations.select import backend_for
 
@@ -143,10 +142,7 @@ def main() -> None:
               f"ratio of medians {epoch['ratio']:.2f}, median of run-pair ratios "
               f"{epoch['median_pair_ratio']:.2f} (goal <= 1.25)")
         result["epoch"] = epoch
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    print(f"wrote {path}")
+    write_result(args.json, result)
 
 
 if __name__ == "__main__":
