@@ -118,8 +118,10 @@ class Attack:
         self._counter: QueryCounter | None = None
 
     # ---- what subclasses implement ------------------------------------------------------------
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Adversarial inputs for one batch (x in [0, 1], on the model's device)."""
+    def run(self, model: nn.Module, x: torch.Tensor,
+            y: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Adversarial inputs for one batch (x in [0, 1], on the model's device), optionally
+        with the model's logits on them (then the base class does not query them again)."""
         raise NotImplementedError
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -142,10 +144,13 @@ class Attack:
                 yb = y[lo:lo + self.batch_size].to(device)
                 counter = QueryCounter(model, xb.shape[0], device)
                 self._counter = counter
-                adv = self.run(counter, xb.detach().clone(), yb)
-                adv = self.project(xb, adv.detach())
-                with torch.no_grad():
-                    wrong = counter(adv).argmax(1) != yb
+                adv, logits = _split(self.run(counter, xb.detach().clone(), yb))
+                projected = self.project(xb, adv)
+                if logits is None or not torch.equal(projected, adv):
+                    with torch.no_grad():  # judge the returned points (unless run already did)
+                        logits = counter(projected)
+                wrong = logits.argmax(1) != yb
+                adv = projected
                 outputs.append((adv, wrong, counter.counts.clone()))
         finally:
             self._counter = None
@@ -231,6 +236,13 @@ def subset_queries(model: nn.Module, index: torch.Tensor) -> Iterator[None]:
         yield
     finally:
         model.index = None
+
+
+def _split(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(out, tuple):
+        return out[0].detach(), out[1].detach()
+    return out.detach(), None
 
 
 def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> torch.Tensor:

@@ -74,22 +74,22 @@ class PGD(Attack):
         return {**super().hyperparameters(), "steps": self.steps, "step_size": self.step_size,
                 "random_start": self.random_start, "restarts": self.restarts, "loss": self.loss}
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        best = x.clone()
-        best_fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        best_loss = torch.full((x.shape[0],), -math.inf, device=x.device)
+    def run(self, model: nn.Module, x: torch.Tensor,
+            y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        best = _Best(x)
         for restart in range(self.restarts):
             start = random_start(x, self.eps, self.norm) if self.random_start else x.clone()
-            x_adv = self._iterate(model, x, y, start, trace=(restart == 0),
-                                  best=(best, best_fooled, best_loss))
-            self._keep_best(model, x_adv, y, best, best_fooled, best_loss)
-        return best
+            x_adv = self._iterate(model, x, y, start, best, trace=(restart == 0))
+            with torch.no_grad():
+                logits = model(x_adv)  # the last iterate may be the best point
+            best.update(x_adv, self.loss_fn(logits, y), logits, y)
+        return best.x, best.logits
 
     def _iterate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
-                 *, trace: bool, best: tuple[torch.Tensor, ...]) -> torch.Tensor:
+                 best: _Best, *, trace: bool) -> torch.Tensor:
         for _ in range(self.steps):
             loss, grad, logits = self.input_gradient(model, x_adv, y, self.loss_fn)
-            self._update_best(x_adv, loss, logits.argmax(1) != y, *best)
+            best.update(x_adv, loss, logits, y)
             if trace:
                 self.record_loss(loss)
             x_adv = self.project(x, x_adv + self.step_size * self.direction(grad))
@@ -98,23 +98,26 @@ class PGD(Attack):
     def direction(self, grad: torch.Tensor) -> torch.Tensor:
         return step_direction(grad, self.norm)
 
-    def _keep_best(self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor,
-                   best: torch.Tensor, best_fooled: torch.Tensor, best_loss: torch.Tensor) -> None:
-        with torch.no_grad():
-            logits = model(x_adv)
-        self._update_best(x_adv, self.loss_fn(logits, y), logits.argmax(1) != y,
-                          best, best_fooled, best_loss)
 
-    @staticmethod
-    def _update_best(x_adv: torch.Tensor, loss: torch.Tensor, fooled: torch.Tensor,
-                     best: torch.Tensor, best_fooled: torch.Tensor,
-                     best_loss: torch.Tensor) -> None:
-        """In place: an example takes ``x_adv`` if it fools the model and the best did not,
-        or if both agree on fooling and its loss is higher."""
-        better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
-        best.copy_(torch.where(better.view(-1, *([1] * (best.dim() - 1))), x_adv, best))
-        best_loss.copy_(torch.where(better, loss, best_loss))
-        best_fooled |= fooled
+class _Best:
+    """Each example's best point so far: a misclassified one if any, else the highest loss;
+    its logits come along, so the base class needs no extra forward to judge it."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x.clone()
+        self.fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        self.loss = torch.full((x.shape[0],), -math.inf, device=x.device)
+        self.logits: torch.Tensor | None = None
+
+    def update(self, x_adv: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor,
+               y: torch.Tensor) -> None:
+        fooled = logits.argmax(1) != y
+        better = (fooled & ~self.fooled) | ((fooled == self.fooled) & (loss > self.loss))
+        self.x = torch.where(better.view(-1, *([1] * (x_adv.dim() - 1))), x_adv, self.x)
+        self.loss = torch.where(better, loss, self.loss)
+        self.logits = logits if self.logits is None else torch.where(better[:, None], logits,
+                                                                     self.logits)
+        self.fooled |= fooled
 
 
 class BIM(PGD):
@@ -154,7 +157,8 @@ class MIFGSM(PGD):
     def hyperparameters(self) -> dict[str, Any]:
         return {**super().hyperparameters(), "decay": self.decay}
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def run(self, model: nn.Module, x: torch.Tensor,
+            y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._momentum = torch.zeros_like(x)
         return super().run(model, x, y)
 

@@ -27,7 +27,7 @@ from robustact.errors import ConfigError
 # Images per forward when neither max_batch nor memory_bytes is given. On CPUs, larger batches
 # fall out of cache: a small_cnn forward+backward costs 26 ms per 64 images up to batch 512
 # and 42 ms per 64 at batch 1024-2048 (measured on a 2-core machine); GPUs want big batches.
-DEFAULT_MAX_BATCH = {"cpu": 512}
+DEFAULT_MAX_BATCH = {"cpu": 256}
 DEFAULT_MAX_BATCH_ACCELERATOR = 4096
 REDUCTIONS = ("logits", "probs")
 
@@ -50,7 +50,7 @@ class EOT(nn.Module):
             ``memory_bytes`` is given (the estimate is the summed output size of all leaf modules
             for one image, i.e. roughly the activations autograd keeps per image, measured once
             per input shape with a probe forward of one image, which draws from the RNG once),
-            else 512 on CPU, 4096 on accelerators. Chunks are slices of the replicated batch, so a
+            else 256 on CPU, 4096 on accelerators. Chunks are slices of the replicated batch, so a
             model drawing its noise with ``torch.rand*`` sees the same stream either way.
         memory_bytes: optional memory budget for one chunk's activations (see ``max_batch``).
         reduce: "logits" (default): the mean of the logits. "probs": the log of the mean softmax
@@ -61,8 +61,9 @@ class EOT(nn.Module):
         checkpoint: when the work takes more than one chunk and a gradient is needed, recompute
             each chunk's forward during backward (``torch.utils.checkpoint`` with the RNG state
             preserved, so the recomputed draws are the same) instead of keeping every chunk's
-            activations: memory stays at one chunk, for one extra forward. None (default): on
-            when ``memory_bytes`` is given (a memory cap), else off (no recomputation).
+            activations: memory stays at one chunk, for one extra forward (on a CPU the small
+            chunks also stay in cache, which pays for it). None (default): on exactly in that
+            case; False: never.
 
     Attributes: ``n``, ``reduce``, ``max_batch``, ``randomized = True``.
     """
@@ -109,9 +110,7 @@ class EOT(nn.Module):
         if total <= cap:
             out = self.model(x.repeat(self.n, *([1] * (x.dim() - 1))))
         else:
-            wanted = self.checkpoint if self.checkpoint is not None else (
-                self.memory_bytes is not None)  # a memory cap asks for one chunk in memory
-            recompute = (wanted and not self._no_checkpoint
+            recompute = (self.checkpoint is not False and not self._no_checkpoint
                          and torch.is_grad_enabled()
                          and (x.requires_grad or any(p.requires_grad
                                                      for p in self.model.parameters())))
