@@ -115,7 +115,6 @@ class Attack:
         self.batch_size = int(batch_size)
         self.seed = seed
         self._stats = _Stats()
-        self._counter: QueryCounter | None = None
 
     # ---- what subclasses implement ------------------------------------------------------------
     def run(self, model: nn.Module, x: torch.Tensor,
@@ -143,7 +142,6 @@ class Attack:
                 xb = x[lo:lo + self.batch_size].to(device)
                 yb = y[lo:lo + self.batch_size].to(device)
                 counter = QueryCounter(model, xb.shape[0], device)
-                self._counter = counter
                 adv, logits = _split(self.run(counter, xb.detach().clone(), yb))
                 projected = self.project(xb, adv)
                 if logits is None or not torch.equal(projected, adv):
@@ -153,7 +151,6 @@ class Attack:
                 adv = projected
                 outputs.append((adv, wrong, counter.counts.clone()))
         finally:
-            self._counter = None
             model.train(was_training)
             _restore_seed(generator_state)
         x_adv = torch.cat([o[0] for o in outputs])

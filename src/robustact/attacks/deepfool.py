@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.attacks.base import Attack, AttackResult, perturbation_norm
+from robustact.attacks.base import Attack, AttackResult, perturbation_norm, subset_queries
 from robustact.errors import ConfigError
 
 #: added to the chosen distance so each step lands just past the linearised boundary (foolbox)
@@ -175,11 +175,8 @@ def _forward(model: nn.Module, xs: torch.Tensor, idx: torch.Tensor, n: int) -> t
     """Logits of the examples ``idx`` of the batch, counting queries for them only."""
     if idx.numel() == n:
         return model(xs)
-    model.index = idx
-    try:
+    with subset_queries(model, idx):
         return model(xs)
-    finally:
-        model.index = None
 
 
 def _other_candidates(logits: torch.Tensor, y: torch.Tensor, candidates: int | None
