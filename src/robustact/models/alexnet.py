@@ -9,8 +9,29 @@ import torch
 from torch import nn
 
 from robustact.errors import ConfigError
-from robustact.models.common import check_positive, check_rate, resolve_act
+from robustact.models.common import ActLayer, check_positive, check_rate, resolve_act
 from robustact.models.normalize import Normalize
+
+
+def alexnet_features(first_conv: nn.Conv2d, act: ActLayer) -> nn.Sequential:
+    """AlexNet's five conv layers (64-192-384-256-256, act after each, max-pools after the 1st,
+    2nd and 5th), in torchvision's index layout (features.0/3/6/8/10); only the first conv
+    differs between the ImageNet and the CIFAR variant."""
+    return nn.Sequential(
+        first_conv,
+        act(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2),
+        act(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1),
+        act(),
+        nn.Conv2d(384, 256, 3, padding=1),
+        act(),
+        nn.Conv2d(256, 256, 3, padding=1),
+        act(),
+        nn.MaxPool2d(3, 2),
+    )
 
 
 class AlexNet(nn.Module):
@@ -40,21 +61,7 @@ class AlexNet(nn.Module):
         check_rate("alexnet", dropout=dropout)
         act = resolve_act(act_layer)
         self.normalize = Normalize(mean, std, in_channels)
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 11, stride=4, padding=2),
-            act(),
-            nn.MaxPool2d(3, 2),
-            nn.Conv2d(64, 192, 5, padding=2),
-            act(),
-            nn.MaxPool2d(3, 2),
-            nn.Conv2d(192, 384, 3, padding=1),
-            act(),
-            nn.Conv2d(384, 256, 3, padding=1),
-            act(),
-            nn.Conv2d(256, 256, 3, padding=1),
-            act(),
-            nn.MaxPool2d(3, 2),
-        )
+        self.features = alexnet_features(nn.Conv2d(in_channels, 64, 11, stride=4, padding=2), act)
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
             nn.Dropout(dropout),
@@ -108,21 +115,7 @@ class AlexNetCifar(nn.Module):
             raise ConfigError(f"alexnet_cifar: input_size must be >= 15, got {input_size}")
         act = resolve_act(act_layer)
         self.normalize = Normalize(mean, std, in_channels)
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 5, padding=2),
-            act(),
-            nn.MaxPool2d(3, 2),
-            nn.Conv2d(64, 192, 5, padding=2),
-            act(),
-            nn.MaxPool2d(3, 2),
-            nn.Conv2d(192, 384, 3, padding=1),
-            act(),
-            nn.Conv2d(384, 256, 3, padding=1),
-            act(),
-            nn.Conv2d(256, 256, 3, padding=1),
-            act(),
-            nn.MaxPool2d(3, 2),
-        )
+        self.features = alexnet_features(nn.Conv2d(in_channels, 64, 5, padding=2), act)
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(dropout),
