@@ -71,8 +71,11 @@ def test_eot_one_batched_forward() -> None:
     model = small_net()
     calls: list[int] = []
     model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
-    EOT(model, n=32)(images(6))
-    assert calls == [192]
+    EOT(model, n=16)(images(6))
+    assert calls == [96]  # n * B within the default CPU chunk: one forward, no probe
+    calls.clear()
+    EOT(model, n=32, max_batch=64)(images(6))
+    assert calls == [1, 64, 64, 64]  # probe of one image, then chunks of max_batch
 
 
 def test_eot_matches_closed_form_expectation() -> None:

@@ -23,12 +23,14 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from robustact.errors import ConfigError
 
-#: images per model forward when EOT gets neither ``max_batch`` nor ``memory_bytes``
-# Images per forward when neither max_batch nor memory_bytes is given. On CPUs, larger batches
-# fall out of cache: a small_cnn forward+backward costs 26 ms per 64 images up to batch 512
-# and 42 ms per 64 at batch 1024-2048 (measured on a 2-core machine); GPUs want big batches.
-DEFAULT_MAX_BATCH = {"cpu": 256}
+# Images per model forward unless max_batch is given. On a CPU large batches are slower per
+# image (tensors over glibc's 32 MiB mmap threshold are page-faulted in afresh at every call, and
+# fall out of the L3 cache): a small_cnn forward+backward measured 0.55-0.65 ms per image at batch
+# 128-256 and 0.8-1.4 ms at batch 2048 on a 2-core machine. GPUs want big batches.
+DEFAULT_MAX_BATCH = {"cpu": 128}
 DEFAULT_MAX_BATCH_ACCELERATOR = 4096
+# Budget for the activations EOT keeps for backward when memory_bytes is not given.
+DEFAULT_MEMORY_BYTES = 2 << 30
 REDUCTIONS = ("logits", "probs")
 
 
@@ -46,24 +48,25 @@ class EOT(nn.Module):
     Args:
         model: returns logits (B, K) for inputs in [0, 1].
         n: number of draws averaged.
-        max_batch: most images per model forward. None: ``memory_bytes // estimate`` if
-            ``memory_bytes`` is given (the estimate is the summed output size of all leaf modules
-            for one image, i.e. roughly the activations autograd keeps per image, measured once
-            per input shape with a probe forward of one image, which draws from the RNG once),
-            else 256 on CPU, 4096 on accelerators. Chunks are slices of the replicated batch, so a
+        max_batch: most images per model forward (default 128 on CPU, 4096 on accelerators),
+            also capped by ``memory_bytes``. Chunks are slices of the replicated batch, so a
             model drawing its noise with ``torch.rand*`` sees the same stream either way.
-        memory_bytes: optional memory budget for one chunk's activations (see ``max_batch``).
+        memory_bytes: budget for the activations kept for backward (default 2 GiB). Their size
+            is estimated as the summed output size of all leaf modules for one image, measured
+            once per input shape with a probe forward of one image (under a forked RNG, so
+            the draws of the real forwards are unchanged). A chunk never exceeds the budget;
+            when all n*B images together would, and a gradient is needed, chunks are
+            recomputed in backward (see ``checkpoint``).
         reduce: "logits" (default): the mean of the logits. "probs": the log of the mean softmax
             probability, ``log(1/n sum_i softmax(z_i))``, computed stably with logsumexp; its
             argmax is the class of highest mean probability and cross-entropy on it is the
             cross-entropy of the averaged prediction (the usual way to score a randomized
             classifier, e.g. SAP's averaged outputs).
-        checkpoint: when the work takes more than one chunk and a gradient is needed, recompute
-            each chunk's forward during backward (``torch.utils.checkpoint`` with the RNG state
-            preserved, so the recomputed draws are the same) instead of keeping every chunk's
-            activations: memory stays at one chunk, for one extra forward (on a CPU the small
-            chunks also stay in cache, which pays for it). None (default): on exactly in that
-            case; False: never.
+        checkpoint: recompute each chunk's forward during backward (``torch.utils.checkpoint``
+            with the RNG state preserved, so the recomputed draws are the same) instead of
+            keeping every chunk's activations: memory stays at one chunk, for one extra
+            forward. None (default): only when the n*B images' activations exceed
+            ``memory_bytes``; True: whenever there is more than one chunk; False: never.
 
     Attributes: ``n``, ``reduce``, ``max_batch``, ``randomized = True``.
     """
@@ -97,11 +100,14 @@ class EOT(nn.Module):
 
     def chunk_size(self, x: torch.Tensor) -> int:
         """Images per model forward for inputs shaped like ``x``."""
-        if self.max_batch is not None:
-            return self.max_batch
-        if self.memory_bytes is not None:
-            return max(1, int(self.memory_bytes // self._per_image_bytes(x)))
-        return DEFAULT_MAX_BATCH.get(x.device.type, DEFAULT_MAX_BATCH_ACCELERATOR)
+        cap = self.max_batch or DEFAULT_MAX_BATCH.get(x.device.type,
+                                                      DEFAULT_MAX_BATCH_ACCELERATOR)
+        if self.memory_bytes is None and self.n * x.shape[0] <= cap:
+            return cap  # one forward; no need to probe the activation size
+        return max(1, min(cap, self._budget() // self._per_image_bytes(x)))
+
+    def _budget(self) -> int:
+        return DEFAULT_MEMORY_BYTES if self.memory_bytes is None else int(self.memory_bytes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
@@ -113,7 +119,9 @@ class EOT(nn.Module):
             recompute = (self.checkpoint is not False and not self._no_checkpoint
                          and torch.is_grad_enabled()
                          and (x.requires_grad or any(p.requires_grad
-                                                     for p in self.model.parameters())))
+                                                     for p in self.model.parameters()))
+                         and (self.checkpoint
+                              or total * self._per_image_bytes(x) > self._budget()))
             index = torch.arange(total, device=x.device) % batch
             outs = []
             for lo in range(0, total, cap):
@@ -140,8 +148,11 @@ class EOT(nn.Module):
 
             handles = [m.register_forward_hook(hook) for m in self.model.modules()
                        if not any(True for _ in m.children())]
-            try:
-                with torch.no_grad():
+            accel = x.device.type != "cpu"
+            fork = torch.random.fork_rng(devices=[x.device] if accel else [],
+                                         device_type=x.device.type if accel else "cuda")
+            try:  # forked RNG: the probe does not shift the draws of the real forwards
+                with torch.no_grad(), fork:
                     self.model(x[:1])
             finally:
                 for handle in handles:
