@@ -30,6 +30,9 @@ examples:
   # fine-tune torchvision ImageNet weights at 224x224 (the k-WTA reproduction's pretrained runs)
   robustact train --model resnet18 --model-arg stem=imagenet --pretrained resnet18.pth \
       --dataset cifar10 --resize 224 --epochs 10 --lr 0.01 --schedule constant --grad-clip 0.5
+  # fast adversarial training (FGSM with random start, step 1.25 eps), cyclic learning rate
+  robustact train --model small_cnn --dataset fashion_mnist --adv fgsm --adv-eps 0.1 \
+      --schedule cyclic --lr 0.1 --epochs 5 --out runs/fast_at
   # a killed run continues where it stopped
   robustact train --config configs/demo.yaml --out runs/demo --resume
 """
@@ -71,7 +74,9 @@ def _add_train_parser(sub: Any) -> None:
     opt.add_argument("--lr", type=float, help="peak learning rate")
     opt.add_argument("--momentum", type=float)
     opt.add_argument("--weight-decay", type=float)
-    opt.add_argument("--schedule", choices=("constant", "step", "multistep", "cosine", "onecycle"))
+    opt.add_argument("--schedule",
+                     choices=("constant", "step", "multistep", "cosine", "onecycle", "cyclic"),
+                     help="cyclic = onecycle (linear up to peak_at, then down to 0)")
     opt.add_argument("--milestones", help="multistep epochs, comma-separated, e.g. 50,70")
     opt.add_argument("--gamma", type=float, help="lr factor of step/multistep schedules")
     opt.add_argument("--step-size", type=int, help="epochs between steps of the step schedule")
@@ -85,6 +90,17 @@ def _add_train_parser(sub: Any) -> None:
     sp.add_argument("--sparsity-step", type=float, help="decrement, e.g. 0.005")
     sp.add_argument("--sparsity-every", type=int, help="epochs between decrements, e.g. 2")
     sp.add_argument("--sparsity-begin", type=int, help="epoch at which the decrease starts")
+    at = p.add_argument_group("adversarial training")
+    at.add_argument("--adv", choices=("fgsm", "pgd"),
+                    help="fgsm: fast AT (random start, step 1.25 eps); pgd: Madry PGD-AT")
+    at.add_argument("--adv-eps", type=float, help="radius on the [0, 1] scale, e.g. 0.1")
+    at.add_argument("--adv-steps", type=int, help="PGD-AT iterations (default 7)")
+    at.add_argument("--adv-step-size", type=float,
+                    help="step (default 1.25 eps for fgsm, 2.5 eps / steps for pgd)")
+    at.add_argument("--adv-fraction", type=float,
+                    help="adversarial share of each batch, e.g. 0.2 (default 1.0)")
+    at.add_argument("--no-guard", dest="adv_guard", action="store_const", const=False,
+                    help="no catastrophic-overfitting guard")
     run = p.add_argument_group("run")
     run.add_argument("--seed", type=int)
     run.add_argument("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
@@ -225,6 +241,14 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
             sparsity["begin_epoch" if flag == "begin" else flag] = value
     if sparsity:
         options["sparsity"] = sparsity
+    adversarial = dict(options.get("adversarial") or {})
+    for flag, key in (("adv", "method"), ("adv_eps", "eps"), ("adv_steps", "steps"),
+                      ("adv_step_size", "step_size"), ("adv_fraction", "fraction"),
+                      ("adv_guard", "guard")):
+        if getattr(args, flag) is not None:
+            adversarial[key] = getattr(args, flag)
+    if adversarial:
+        options["adversarial"] = adversarial
     return options
 
 
@@ -234,7 +258,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_dict(train_options(args))
     result = train(config, resume=args.resume)
     final = result.history[-1]
-    print(f"test accuracy {100 * final['test_acc']:.2f}% after {final['epoch']} epochs; "
+    kept = f" (weights of epoch {final['kept_epoch']})" if "kept_epoch" in final else ""
+    print(f"test accuracy {100 * result.test_accuracy:.2f}%{kept} after {final['epoch']} epochs; "
           f"checkpoint {result.checkpoint}")
     return 0
 

@@ -166,6 +166,20 @@ class Attack:
             params={"attack": self.name, **self.hyperparameters()},
         )
 
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Adversarial inputs for training, the lean path of :meth:`__call__`.
+
+        Runs :meth:`run` on the whole batch in the model's current mode (adversarial training
+        crafts its examples in training mode, BatchNorm on batch statistics, as Madry et al.
+        and Wong et al. do), draws from the global RNG without reseeding (each batch gets fresh
+        random starts; the training seed makes the run reproducible), and skips the success
+        judgement and the query count. The result is projected onto the eps-ball and [0, 1]
+        and detached. x and y must already be on the model's device.
+        """
+        self._stats = _Stats()  # nothing accumulates over a training run
+        adv, _ = _split(self.run(model, x.detach().clone(), y))
+        return self.project(x, adv).detach()
+
     def project(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
         """Onto the eps-ball around x (in the attack's norm) and then [0, 1]."""
         return project(x, x_adv, self.eps, self.norm)

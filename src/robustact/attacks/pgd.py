@@ -171,19 +171,37 @@ class MIFGSM(PGD):
 
 class FGSM(Attack):
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps
-    (sign of the gradient for L-inf, the normalised gradient for L2)."""
+    (sign of the gradient for L-inf, the normalised gradient for L2).
+
+    With ``random_start=True`` and ``step_size=1.25 * eps`` it is the "FGSM with random start"
+    of fast adversarial training (Wong, Rice, Kolter 2020): a uniform point of the ball, one step
+    of 1.25 eps from there, projected back onto the ball and [0, 1].
+
+    Args:
+        eps: radius on the [0, 1] scale.
+        step_size: the step (default eps).
+        random_start: start from a uniform point of the ball instead of x.
+        loss: "ce", "margin" (CW) or "dlr".
+    """
 
     name = "fgsm"
 
     def __init__(self, *, eps: float, norm: str = "linf", loss: str = "ce",
+                 step_size: float | None = None, random_start: bool = False,
                  batch_size: int = 256, seed: int | None = 0) -> None:
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, seed=seed)
         self.loss = loss
         self.loss_fn = get_loss(loss)
+        if step_size is not None and not (math.isfinite(step_size) and step_size >= 0):
+            raise ConfigError(f"{self.name}: step_size must be >= 0, got {step_size}")
+        self.step_size = self.eps if step_size is None else float(step_size)
+        self.random_start = bool(random_start)
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {**super().hyperparameters(), "loss": self.loss}
+        return {**super().hyperparameters(), "loss": self.loss, "step_size": self.step_size,
+                "random_start": self.random_start}
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        _, grad, _ = self.input_gradient(model, x, y, self.loss_fn)
-        return x + self.eps * step_direction(grad, self.norm)
+        start = random_start(x, self.eps, self.norm) if self.random_start else x
+        _, grad, _ = self.input_gradient(model, start, y, self.loss_fn)
+        return start + self.step_size * step_direction(grad, self.norm)

@@ -14,7 +14,8 @@ import yaml
 from robustact.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "step", "multistep", "cosine", "onecycle")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "onecycle", "cyclic")
+ADV_METHODS = ("fgsm", "pgd")
 
 
 @dataclass
@@ -46,6 +47,73 @@ class SparsitySchedule:
         steps = max(0, epoch - self.begin_epoch) // self.every
         # round: 0.2 - 3 * 0.005 must be 0.185, not 0.18499999999999997
         return round(max(self.target, self.start - steps * self.step), 10)
+
+
+@dataclass
+class AdversarialTraining:
+    """Adversarial training: each batch (or a ``fraction`` of it) is replaced by adversarial
+    examples crafted against the current model by an attack of :mod:`robustact.attacks`.
+
+    ``method``:
+      - ``"fgsm"``: fast adversarial training (Wong, Rice, Kolter 2020): uniform start in the
+        eps-ball, one signed step of ``step_size`` (default 1.25 eps), projection to the ball
+        and [0, 1] (``FGSM(random_start=True, step_size=1.25 * eps)``).
+      - ``"pgd"``: Madry et al. PGD-AT: ``steps`` iterations (default 7) of ``step_size``
+        (default 2.5 eps / steps) from a random start; the highest-loss iterate is used.
+    ``fraction`` of each batch is adversarial (1.0 = all; SAP's ADV baseline uses 0.2, i.e.
+    80% clean / 20% adversarial); the examples are crafted in training mode.
+
+    Catastrophic-overfitting guard (``guard``): ``guard_size`` training images are held out of
+    training; after each epoch PGD-``guard_steps`` accuracy on them is measured. When it falls
+    more than ``guard_drop`` (absolute) below the best epoch's, training stops and the best
+    epoch's weights are kept (the log says so), as Wong et al. do with early stopping.
+    """
+
+    method: str = "fgsm"
+    eps: float = 8 / 255
+    step_size: float | None = None
+    steps: int = 7
+    random_start: bool = True
+    norm: str = "linf"
+    loss: str = "ce"
+    fraction: float = 1.0
+    guard: bool = True
+    guard_size: int = 512
+    guard_steps: int = 10
+    guard_drop: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.method not in ADV_METHODS:
+            raise ConfigError(f"unknown adversarial training method {self.method!r}; "
+                              "valid: fgsm (fast AT), pgd (Madry)")
+        if not 0.0 < self.eps <= 1.0:
+            raise ConfigError(f"adversarial eps must be in (0, 1] (pixel scale), got {self.eps}")
+        if self.step_size is not None and self.step_size <= 0:
+            raise ConfigError(f"adversarial step_size must be > 0, got {self.step_size}")
+        if self.steps < 1 or self.guard_steps < 1 or self.guard_size < 1:
+            raise ConfigError("adversarial steps, guard_steps and guard_size must be >= 1")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ConfigError(f"adversarial fraction must be in (0, 1], got {self.fraction}")
+        if not 0.0 < self.guard_drop <= 1.0:
+            raise ConfigError(f"guard_drop must be in (0, 1], got {self.guard_drop}")
+
+    def attack(self) -> Any:
+        """The training attack, built from :mod:`robustact.attacks`."""
+        from robustact.attacks import create_attack
+
+        if self.method == "fgsm":
+            step = 1.25 * self.eps if self.step_size is None else self.step_size
+            return create_attack("fgsm", eps=self.eps, norm=self.norm, loss=self.loss,
+                                 step_size=step, random_start=self.random_start)
+        return create_attack("pgd", eps=self.eps, norm=self.norm, loss=self.loss,
+                             steps=self.steps, step_size=self.step_size,
+                             random_start=self.random_start)
+
+    def guard_attack(self) -> Any:
+        from robustact.attacks import create_attack
+
+        return create_attack("pgd", eps=self.eps, norm=self.norm, steps=self.guard_steps,
+                             step_size=2.5 * self.eps / self.guard_steps, random_start=True)
 
 
 @dataclass
@@ -83,6 +151,7 @@ class TrainConfig:
     grad_clip: float | None = None  # max gradient norm
     amp: bool | None = None  # None: on for CUDA
     sparsity: SparsitySchedule | None = None
+    adversarial: AdversarialTraining | None = None
     # bookkeeping
     seed: int = 0
     device: str = "auto"
@@ -93,6 +162,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.sparsity, dict):
             self.sparsity = SparsitySchedule(**self.sparsity)
+        if isinstance(self.adversarial, dict):
+            names = {f.name for f in dataclasses.fields(AdversarialTraining)}
+            unknown = sorted(set(self.adversarial) - names)
+            if unknown:
+                raise ConfigError(f"unknown adversarial option(s) {', '.join(unknown)}; "
+                                  f"valid: {', '.join(sorted(names))}")
+            self.adversarial = AdversarialTraining(**self.adversarial)
+        if self.schedule == "cyclic":  # fast AT's name for the same triangle
+            self.schedule = "onecycle"
         self.validate()
 
     def validate(self) -> None:

@@ -40,7 +40,11 @@ class TrainResult:
 
     @property
     def test_accuracy(self) -> float:
-        return self.history[-1]["test_acc"] if self.history else math.nan
+        """Test accuracy of the returned weights (the kept epoch's after an early stop)."""
+        if not self.history:
+            return math.nan
+        last = self.history[-1]
+        return last.get("kept_test_acc", last["test_acc"])
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -76,6 +80,18 @@ def train(config: TrainConfig, *, resume: bool = False, log: Any = print) -> Tra
         train_set = train_set.subset(config.train_subset)
     if config.test_subset:
         test_set = test_set.subset(config.test_subset)
+    adv = config.adversarial
+    guard_set = None
+    if adv is not None and adv.guard:
+        if len(train_set) <= 2 * adv.guard_size:
+            raise ConfigError(
+                f"the overfitting guard holds out {adv.guard_size} training images but the "
+                f"training set has only {len(train_set)}; lower adversarial.guard_size "
+                "or set adversarial.guard: false"
+            )
+        keep = len(train_set) - adv.guard_size  # the last guard_size images are held out
+        guard_set = train_set.subset(torch.arange(keep, len(train_set)))
+        train_set = train_set.subset(keep)
     train_loader = BatchLoader(train_set, batch_size=config.batch_size, shuffle=True,
                                augment=config.augment, seed=config.seed, device=device,
                                resize=config.resize)
@@ -83,6 +99,7 @@ def train(config: TrainConfig, *, resume: bool = False, log: Any = print) -> Tra
                               resize=config.resize)
 
     model = build_model(config.to_dict()).to(device)
+    _materialize_lazy(model, test_loader)
     if config.finetune_from:
         _load_finetune_weights(model, config)
     optimizer = make_optimizer(config, model)
@@ -91,6 +108,12 @@ def train(config: TrainConfig, *, resume: bool = False, log: Any = print) -> Tra
     history: list[dict[str, Any]] = []
     start_epoch = 0
     resumed_from = None
+    guard = None
+    if guard_set is not None:  # the held-out images as one batch, as the test loader sees them
+        x_guard, y_guard = next(iter(BatchLoader(guard_set, batch_size=len(guard_set),
+                                                 device=device, resize=config.resize)))
+        guard = _Guard(adv, x_guard, y_guard)
+    train_attack = adv.attack() if adv is not None else None
     if ckpt_path.exists():
         if not resume:
             raise ConfigError(
@@ -109,7 +132,14 @@ def train(config: TrainConfig, *, resume: bool = False, log: Any = print) -> Tra
         _set_rng_state(ckpt["rng"])
         history = list(ckpt["history"])
         start_epoch = resumed_from = ckpt["epoch"] + 1
-        log(f"resuming {out} after epoch {ckpt['epoch'] + 1}/{config.epochs}")
+        if guard is not None and ckpt.get("guard"):
+            guard.load_state_dict(ckpt["guard"])
+        if ckpt.get("stopped_early"):
+            start_epoch = config.epochs
+            log(f"{out} stopped early after epoch {ckpt['epoch'] + 1} (overfitting guard); "
+                "nothing to resume")
+        else:
+            log(f"resuming {out} after epoch {ckpt['epoch'] + 1}/{config.epochs}")
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -118,7 +148,16 @@ def train(config: TrainConfig, *, resume: bool = False, log: Any = print) -> Tra
 
     for epoch in range(start_epoch, config.epochs):
         row = _run_epoch(config, model, optimizer, scaler, train_loader, test_loader,
-                         epoch, device, dtype)
+                         epoch, device, dtype, train_attack)
+        stop = False
+        if guard is not None:
+            row["guard_pgd_acc"], message = guard.check(model, epoch)
+            stop = message is not None
+            if stop:
+                log(message)
+                row["kept_epoch"] = guard.best_epoch
+                row["kept_test_acc"] = round(
+                    evaluate_accuracy(model, test_loader, amp=dtype is not None)["accuracy"], 6)
         history.append(row)
         state = {
             "format": FORMAT_VERSION,
@@ -132,9 +171,15 @@ def train(config: TrainConfig, *, resume: bool = False, log: Any = print) -> Tra
             "history": history,
             "versions": {"torch": str(torch.__version__), "robustact": _version()},
         }
+        if guard is not None:
+            state["guard"] = guard.state_dict()
+        if stop:
+            state["stopped_early"] = epoch + 1
         save_atomic(state, ckpt_path)
         append_metrics(metrics_path, row, first=(epoch == 0))
         log(_format_row(row, config.epochs))
+        if stop:
+            break
 
     result = TrainResult(out, ckpt_path, history, model.eval(), resumed_from)
     (out / "summary.json").write_text(json.dumps(
@@ -153,6 +198,7 @@ def _run_epoch(
     epoch: int,
     device: torch.device,
     dtype: torch.dtype | None,
+    attack: Any = None,
 ) -> dict[str, Any]:
     if config.sparsity is not None:
         set_kwta_ratio(model, config.sparsity.ratio(epoch))
@@ -170,6 +216,8 @@ def _run_epoch(
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            if attack is not None:
+                x = _adversarial_batch(attack, model, x, y, config.adversarial.fraction)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
         # on CPU the check is free; on GPUs it would be a host sync every step
@@ -206,6 +254,72 @@ def _run_epoch(
     }
 
 
+def _adversarial_batch(attack: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       fraction: float) -> torch.Tensor:
+    """The batch with its first ``round(fraction * B)`` examples replaced by adversarial ones
+    (at least two: they are crafted in training mode, where BatchNorm needs more than one
+    example). Batches are shuffled, so these are a random share of the data."""
+    n_adv = max(2, round(fraction * x.shape[0]))
+    if n_adv >= x.shape[0]:
+        return attack.perturb(model, x, y)
+    return torch.cat([attack.perturb(model, x[:n_adv], y[:n_adv]), x[n_adv:]])
+
+
+class _Guard:
+    """Catastrophic-overfitting guard of adversarial training: PGD accuracy on held-out
+    training images after each epoch; remembers the best epoch's weights."""
+
+    def __init__(self, adv: Any, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.attack = adv.guard_attack()
+        self.drop = adv.guard_drop
+        self.x, self.y = x, y
+        self.best_acc = -1.0
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def check(self, model: nn.Module, epoch: int) -> tuple[float, str | None]:
+        """PGD accuracy after ``epoch`` (0-based), and a message when training must stop; then
+        the best epoch's weights are already back in ``model``."""
+        acc = self.attack(model, self.x, self.y).robust_accuracy
+        if acc > self.best_acc:
+            self.best_acc, self.best_epoch = acc, epoch + 1
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return round(acc, 6), None
+        if acc >= self.best_acc - self.drop or self.best_state is None:
+            return round(acc, 6), None
+        model.load_state_dict(self.best_state)
+        return round(acc, 6), (
+            f"catastrophic overfitting after epoch {epoch + 1}: PGD-{self.attack.steps} accuracy "
+            f"on {len(self.y)} held-out training images fell to {100 * acc:.1f}% from "
+            f"{100 * self.best_acc:.1f}% (epoch {self.best_epoch}); stopping and keeping the "
+            f"weights of epoch {self.best_epoch}"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_acc": self.best_acc, "best_epoch": self.best_epoch,
+                "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_acc = state["best_acc"]
+        self.best_epoch = state["best_epoch"]
+        self.best_state = state["best_state"]
+
+
+def _materialize_lazy(model: nn.Module, loader: Any) -> None:
+    """Create the parameters of lazy modules (e.g. KAF, whose channel count comes from its
+    input) with one forward of a real batch, before the optimizer sees the parameters."""
+    from torch.nn.parameter import is_lazy
+
+    if not any(is_lazy(p) for p in model.parameters()):
+        return
+    x, _ = next(iter(loader))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(x[:2])
+    model.train(was_training)
+
+
 def _progress(loader: Any, config: TrainConfig, epoch: int) -> Any:
     if not config.progress:
         return loader
@@ -219,10 +333,12 @@ def _progress(loader: Any, config: TrainConfig, epoch: int) -> Any:
 
 def _format_row(row: dict[str, Any], epochs: int) -> str:
     ratio = f"  ratio {row['ratio']:.3f}" if row["ratio"] is not None else ""
+    guard = (f"  guard PGD {100 * row['guard_pgd_acc']:.1f}%"
+             if row.get("guard_pgd_acc") is not None else "")
     return (
         f"epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  "
         f"train {100 * row['train_acc']:.2f}%  test {100 * row['test_acc']:.2f}%  "
-        f"lr {row['lr']:.4g}{ratio}  {row['images_per_s']:.0f} img/s"
+        f"lr {row['lr']:.4g}{ratio}{guard}  {row['images_per_s']:.0f} img/s"
     )
 
 
