@@ -172,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_eval_parser(sub)
     _add_attack_parser(sub)
+    run = sub.add_parser("run", help="run a study: train and evaluate every cell, tabulate",
+                         epilog="examples:\n  robustact run configs/kaf_fmnist.yaml\n"
+                                "  robustact run configs/kaf_fmnist.yaml --cell kaf_relu\n"
+                                "  robustact run configs/kaf_fmnist.yaml --list\n",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("study", help="study YAML file (see docs/studies.md)")
+    run.add_argument("--cell", action="append", default=[], metavar="ID",
+                     help="run only this cell (repeatable); for cluster job arrays")
+    run.add_argument("--out", help="study directory (default: the file's out, or runs/NAME)")
+    run.add_argument("--list", action="store_true", help="list the cells and their status")
     lst = sub.add_parser("list", help="list the registered models, activations or datasets",
                          epilog="examples:\n  robustact list activations\n",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -299,28 +309,15 @@ def _eps_list(text: str) -> list[float]:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    import csv
     import time
     from pathlib import Path
 
-    from robustact.data import BatchLoader, load_dataset
-    from robustact.device import select_device
-    from robustact.eval import AttackSpec, evaluate
-    from robustact.train import load_model
+    from robustact.eval.checkpoint import attack_checkpoint, write_robustness
 
-    specs = [AttackSpec.parse(a) for a in (n.strip() for n in args.attacks.split(",")) if a]
-    specs += [AttackSpec.parse(a) for a in args.attack]
+    specs = [a for a in (n.strip() for n in args.attacks.split(",")) if a] + list(args.attack)
     if not specs:
         raise ConfigError("give attacks with --attacks fgsm,pgd or --attack pgd:steps=40")
-    if args.norm:
-        for spec in specs:
-            spec.kwargs.setdefault("norm", args.norm)
     eps_list = _eps_list(args.eps)
-    device = select_device(args.device)
-    model, config = load_model(args.checkpoint, device)
-    dataset = load_dataset(config["dataset"], args.split,
-                           data_dir=args.data_dir or config.get("data_dir")).subset(args.n)
-    loader = BatchLoader(dataset, batch_size=512, resize=config.get("resize"))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(specs) * len(eps_list), unit="attack", disable=None)
@@ -332,30 +329,41 @@ def cmd_attack(args: argparse.Namespace) -> int:
         started.append(message)
         bar.set_description(message)
 
-    report = evaluate(model, loader, specs, eps_list, n_examples=args.n, n_samples=args.samples,
-                      sequential=not args.independent, diagnose=args.diagnostics,
-                      probe_size=args.probe_size, progress=progress)
+    record, report = attack_checkpoint(
+        args.checkpoint, specs, eps_list, args.n, split=args.split, norm=args.norm,
+        n_samples=args.samples, sequential=not args.independent, diagnose=args.diagnostics,
+        probe_size=args.probe_size, device=args.device, data_dir=args.data_dir,
+        progress=progress)
     bar.update(bar.total - bar.n)
     bar.close()
     ckpt = Path(args.checkpoint)
     run_dir = ckpt if ckpt.is_dir() else ckpt.parent
     stem = Path(args.out) if args.out else run_dir / f"robustness-{time.strftime('%Y%m%d-%H%M%S')}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    record = {"checkpoint": str(args.checkpoint), "model": config["model"],
-              "activation": config["activation"], "act_kwargs": config.get("act_kwargs"),
-              "dataset": config["dataset"], "split": args.split, **report.to_dict()}
-    stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
-    rows = report.rows()
-    with stem.with_suffix(".csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"{config['model']} / {config['activation']} on {config['dataset']} "
+    write_robustness(record, report, stem)
+    print(f"{record['model']} / {record['activation']} on {record['dataset']} "
           f"({report.n} examples, {'independent' if args.independent else 'sequential'} attacks)")
     print(report.table())
     if report.diagnostics is not None:
         print(report.diagnostics.summary())
     print(f"results: {stem.with_suffix('.json')} and {stem.with_suffix('.csv')}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from robustact.study import load_study, run_study
+    from robustact.study.runner import collect_results
+
+    study = load_study(args.study, out=args.out)
+    if args.list:
+        for row in collect_results(study):
+            print(f"{row['cell']:<24}{row['status'] or 'not run'}")
+        return 0
+    results = run_study(study, cells=args.cell or None)
+    print((study.out / "results.md").read_text())
+    failed = [r.id for r in results if r.status != "done"]
+    if failed:
+        print(f"failed cells: {', '.join(failed)} (see their error.log)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -383,8 +391,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "attack": cmd_attack, "list": cmd_list,
-            "data": cmd_data}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "attack": cmd_attack, "run": cmd_run,
+            "list": cmd_list, "data": cmd_data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,75 @@
+"""Evaluate a trained checkpoint under a suite of attacks and write the result beside it.
+
+Shared by ``robustact attack`` and the study runner (``robustact run``)::
+
+    record, report = attack_checkpoint("runs/demo", ["fgsm", "pgd:steps=40"], [0.1], n=1000)
+    write_robustness(record, report, Path("runs/demo/robustness"))   # .json and .csv
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from robustact.errors import ConfigError
+from robustact.eval.robustness import AttackSpec, RobustnessReport, evaluate
+
+
+def attack_checkpoint(
+    checkpoint: str | Path,
+    attacks: Sequence[str | dict[str, Any] | AttackSpec],
+    eps_list: Sequence[float],
+    n: int | None = None,
+    *,
+    split: str = "test",
+    norm: str | None = None,
+    n_samples: int = 1,
+    sequential: bool = True,
+    diagnose: bool = True,
+    probe_size: int = 200,
+    device: str = "auto",
+    data_dir: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[str, Any], RobustnessReport]:
+    """Load ``checkpoint`` (file or run directory), evaluate the first ``n`` images of its
+    dataset's ``split`` under ``attacks`` at every eps; returns (JSON-ready record, report)."""
+    from robustact.data import BatchLoader, load_dataset
+    from robustact.device import select_device
+    from robustact.train import load_model
+
+    specs = [AttackSpec.parse(a) for a in attacks]
+    if not specs:
+        raise ConfigError("give attacks, e.g. fgsm,pgd or pgd:steps=40")
+    if norm:
+        for spec in specs:
+            spec.kwargs.setdefault("norm", norm)
+    model, config = load_model(checkpoint, select_device(device))
+    dataset = load_dataset(config["dataset"], split,
+                           data_dir=data_dir or config.get("data_dir")).subset(n or 10**9)
+    loader = BatchLoader(dataset, batch_size=512, resize=config.get("resize"))
+    report = evaluate(model, loader, specs, eps_list, n_examples=n, n_samples=n_samples,
+                      sequential=sequential, diagnose=diagnose, probe_size=probe_size,
+                      progress=progress)
+    record = {"checkpoint": str(checkpoint), "model": config["model"],
+              "activation": config["activation"], "act_kwargs": config.get("act_kwargs"),
+              "dataset": config["dataset"], "split": split, **report.to_dict()}
+    return record, report
+
+
+def write_robustness(record: dict[str, Any], report: RobustnessReport, stem: Path) -> None:
+    """``stem.json`` (the full record, per-example outcomes included) and ``stem.csv`` (one row
+    per attack and eps), each written to a temporary name and renamed: never half a file."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stem.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(stem.with_suffix(".json"))
+    rows = report.rows()
+    tmp = stem.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(stem.with_suffix(".csv"))

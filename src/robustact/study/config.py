@@ -1,0 +1,124 @@
+"""The study file: shared training options, the cells that vary them, one evaluation suite.
+
+.. code-block:: yaml
+
+    name: kaf_fmnist
+    out: runs/kaf_fmnist            # each cell trains into out/<cell id>
+    train:                          # TrainConfig options shared by every cell
+      model: small_cnn
+      dataset: fashion_mnist
+      adversarial: {method: fgsm, eps: 0.1}
+    grid:                           # the cartesian product of these options ...
+      activation: [relu, swish, kaf, kaf_relu]
+    cells:                          # ... and/or explicit cells (an id and option overrides)
+      - {id: kwta01, activation: kwta, act_kwargs: {ratio: 0.1}}
+    evaluate:
+      eps: [0.1]
+      n: 1000
+      attacks: ["pgd:steps=50,restarts=10", apgd_dlr, "square:queries=1000"]
+      independent: true             # every attack on every point (the seed tables' way)
+
+Nested options (``act_kwargs``, ``adversarial``, ...) of a cell are merged into the shared
+ones key by key. A grid cell's id joins its values (``relu``, ``kaf_relu-0.1``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robustact.errors import ConfigError
+from robustact.train.config import TrainConfig, load_config_file
+
+EVALUATE_KEYS = {"eps", "n", "attacks", "independent", "samples", "diagnose", "probe_size",
+                 "split", "norm"}
+
+
+@dataclass
+class Cell:
+    id: str
+    train: TrainConfig
+
+
+@dataclass
+class StudyConfig:
+    name: str
+    out: Path
+    cells: list[Cell]
+    evaluate: dict[str, Any] = field(default_factory=dict)
+
+    def cell(self, cell_id: str) -> Cell:
+        for cell in self.cells:
+            if cell.id == cell_id:
+                return cell
+        raise ConfigError(f"study {self.name} has no cell {cell_id!r}; cells: "
+                          f"{', '.join(c.id for c in self.cells)}")
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``override``; dict values are merged recursively."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _id_part(value: Any) -> str:
+    if isinstance(value, dict):
+        return "-".join(_id_part(v) for v in value.values())
+    return str(value).replace("/", "_").replace(" ", "")
+
+
+def load_study(path: str | Path, out: str | Path | None = None) -> StudyConfig:
+    """Read and check a study file; every cell's training options are validated now."""
+    data = load_config_file(path)
+    unknown = sorted(set(data) - {"name", "out", "train", "grid", "cells", "evaluate"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown study key(s) {', '.join(unknown)}; valid: name, "
+                          "out, train, grid, cells, evaluate")
+    name = str(data.get("name") or Path(path).stem)
+    root = Path(out or data.get("out") or f"runs/{name}")
+    base = data.get("train") or {}
+    overrides: list[tuple[str, dict[str, Any]]] = []
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError(f"{path}: grid must map option names to non-empty lists")
+    if grid:
+        keys = list(grid)
+        for values in itertools.product(*(grid[k] for k in keys)):
+            cell_id = "-".join(_id_part(v) for v in values)
+            overrides.append((cell_id, dict(zip(keys, values, strict=True))))
+    for entry in data.get("cells") or []:
+        if not isinstance(entry, dict) or not entry.get("id"):
+            raise ConfigError(f"{path}: every entry of cells needs an id, got {entry!r}")
+        entry = dict(entry)
+        overrides.append((str(entry.pop("id")), entry))
+    if not overrides:
+        raise ConfigError(f"{path}: a study needs a grid or a list of cells")
+    ids = [cell_id for cell_id, _ in overrides]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ConfigError(f"{path}: duplicate cell id(s) {', '.join(duplicates)}")
+    cells = []
+    for cell_id, override in overrides:
+        options = merge(base, override)
+        options["out"] = str(root / cell_id)
+        try:
+            cells.append(Cell(cell_id, TrainConfig.from_dict(options)))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}, cell {cell_id}: {exc}") from None
+    evaluate = dict(data.get("evaluate") or {})
+    bad = sorted(set(evaluate) - EVALUATE_KEYS)
+    if bad:
+        raise ConfigError(f"{path}: unknown evaluate key(s) {', '.join(bad)}; valid: "
+                          f"{', '.join(sorted(EVALUATE_KEYS))}")
+    if evaluate and not evaluate.get("attacks"):
+        raise ConfigError(f"{path}: evaluate needs a list of attacks")
+    if evaluate and not evaluate.get("eps"):
+        raise ConfigError(f"{path}: evaluate needs eps, e.g. eps: [0.1]")
+    return StudyConfig(name, root, cells, evaluate)

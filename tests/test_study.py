@@ -1,0 +1,109 @@
+"""Studies: cells from a grid and a list, train + evaluate, skip finished work, failed cells."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robustact.cli import main
+from robustact.errors import ConfigError
+from robustact.study import load_study, run_study
+
+TRAIN = {"model": "small_cnn", "dataset": "fashion_mnist", "epochs": 1, "batch_size": 64,
+         "lr": 0.05, "train_subset": 512, "test_subset": 64, "progress": False,
+         "device": "cpu"}
+
+
+def write_study(tmp_path: Path, **extra: object) -> Path:
+    data = {"name": "tiny", "out": str(tmp_path / "out"), "train": TRAIN,
+            "grid": {"activation": ["relu"], "seed": [0]},
+            "cells": [{"id": "kwta", "activation": "kwta", "act_kwargs": {"ratio": 0.2}},
+                      {"id": "broken", "activation": "nosuch"}],
+            "evaluate": {"eps": [0.1], "n": 40, "attacks": ["fgsm", "pgd:steps=3"],
+                         "probe_size": 40}}
+    data.update(extra)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_study_runs_cells_skips_finished_work_and_records_failures(tmp_path: Path) -> None:
+    study = load_study(write_study(tmp_path))
+    assert [c.id for c in study.cells] == ["relu-0", "kwta", "broken"]
+    assert study.cell("kwta").train.act_kwargs == {"ratio": 0.2}
+    logs: list[str] = []
+    results = run_study(study, log=logs.append)
+    assert [r.status for r in results] == ["done", "done", "failed"]
+    assert "unknown activation 'nosuch'" in results[2].error
+    for cell in ("relu-0", "kwta"):
+        record = json.loads((tmp_path / "out" / cell / "robustness.json").read_text())
+        assert record["n"] == 40 and record["diagnostics"]["verdict"]
+        assert {r["attack"] for r in record["rows"]} >= {"fgsm", "pgd", "worst_case"}
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| relu-0 | relu | standard |" in table and "failed: UnknownNameError" in table
+    ckpt = tmp_path / "out" / "relu-0" / "checkpoint.pt"
+    robustness = tmp_path / "out" / "relu-0" / "robustness.json"
+    stamps = ckpt.stat().st_mtime_ns, robustness.stat().st_mtime_ns
+    logs.clear()
+    run_study(study, cells=["relu-0"], log=logs.append)  # nothing to redo
+    assert (ckpt.stat().st_mtime_ns, robustness.stat().st_mtime_ns) == stamps
+    assert any("trained earlier" in m for m in logs) and any("evaluated earlier" in m
+                                                             for m in logs)
+    # a changed evaluation suite re-evaluates without retraining
+    study.evaluate = {**study.evaluate, "attacks": ["fgsm"]}
+    run_study(study, cells=["relu-0"], log=logs.append)
+    assert ckpt.stat().st_mtime_ns == stamps[0] and robustness.stat().st_mtime_ns != stamps[1]
+
+
+def test_study_resumes_an_interrupted_cell(tmp_path: Path) -> None:
+    study = load_study(write_study(tmp_path, grid={"activation": ["relu"]}, cells=[],
+                                   train={**TRAIN, "epochs": 2}))
+    cell = study.cell("relu")
+    from robustact.train import train
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_epoch_1(message: str) -> None:
+        if message.startswith("epoch   1/2"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cell.train, log=stop_after_epoch_1)
+    logs: list[str] = []
+    (result,) = run_study(study, log=logs.append)
+    assert result.status == "done"
+    assert any("resuming" in m for m in logs)
+    metrics = (tmp_path / "out" / "relu" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(m)["epoch"] for m in metrics] == [1, 2]
+
+
+def test_merge_is_recursive() -> None:
+    from robustact.study.config import merge
+
+    base = {"adversarial": {"method": "fgsm", "eps": 0.1}, "lr": 0.1}
+    assert merge(base, {"adversarial": {"eps": 0.2}, "lr": 0.05}) == {
+        "adversarial": {"method": "fgsm", "eps": 0.2}, "lr": 0.05}
+    assert base["adversarial"]["eps"] == 0.1  # the shared options are not modified
+
+
+def test_study_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs a grid or a list of cells"):
+        load_study(write_study(tmp_path, grid={}, cells=[]))
+    with pytest.raises(ConfigError, match="duplicate cell"):
+        load_study(write_study(tmp_path, cells=[{"id": "kwta"}, {"id": "kwta"}]))
+    with pytest.raises(ConfigError, match="cell relu-0: unknown training option"):
+        load_study(write_study(tmp_path, train={**TRAIN, "epoch": 3}, cells=[]))
+    with pytest.raises(ConfigError, match="unknown evaluate key"):
+        load_study(write_study(tmp_path, evaluate={"eps": [0.1], "attacks": ["fgsm"],
+                                                   "restarts": 2}))
+
+
+def test_cli_run_lists_cells(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(write_study(tmp_path)), "--list"]) == 0
+    assert capsys.readouterr().out.split() == ["relu-0", "not", "run", "kwta", "not", "run",
+                                               "broken", "not", "run"]
+    assert main(["run", str(write_study(tmp_path)), "--cell", "nope"]) == 2
