@@ -1,6 +1,15 @@
 """Evaluation: clean accuracy, robust accuracy under attack suites, diagnostics, statistics."""
 
 from robustact.eval.accuracy import evaluate_accuracy
+from robustact.eval.calibration import (
+    Reliability,
+    calibrate,
+    expected_calibration_error,
+    predict_proba,
+    reliability,
+    reliability_svg,
+    save_reliability_svg,
+)
 from robustact.eval.robustness import (
     AttackOutcome,
     AttackSpec,
@@ -13,4 +22,6 @@ from robustact.eval.stats import wilson_interval
 __all__ = [
     "AttackOutcome", "AttackSpec", "RobustnessReport", "evaluate", "evaluate_accuracy",
     "predict", "wilson_interval",
+    "Reliability", "calibrate", "expected_calibration_error", "predict_proba", "reliability",
+    "reliability_svg", "save_reliability_svg",
 ]
