@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -269,6 +270,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(config, resume=args.resume)
     final = result.history[-1]
     kept = f" (weights of epoch {final['kept_epoch']})" if "kept_epoch" in final else ""
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 reports
     print(f"test accuracy {100 * result.test_accuracy:.2f}%{kept} after {final['epoch']} epochs; "
           f"checkpoint {result.checkpoint}")
     return 0

@@ -71,15 +71,23 @@ class BatchLoader:
         pin_memory: pin uint8 batches before the copy (default: when ``device`` is CUDA).
         crop_padding: override ``dataset.info.crop_padding`` (pixels; 0 disables the crop).
         hflip: override ``dataset.info.hflip``.
+        rank, world_size: distributed training: every process draws the same global order and
+            takes every ``world_size``-th sample from position ``rank`` (the order is first
+            padded by repeating its head to a multiple of ``world_size``, as
+            ``DistributedSampler`` does), so the processes see disjoint shards of equal size.
     """
 
     def __init__(self, dataset: ImageDataset, batch_size: int = 128, shuffle: bool = False,
                  augment: bool = False, seed: int = 0, device: str | torch.device | None = None,
                  resize: int | tuple[int, int] | None = None, drop_last: bool = False,
                  pin_memory: bool | None = None, *, crop_padding: int | None = None,
-                 hflip: bool | None = None) -> None:
+                 hflip: bool | None = None, rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(f"rank must lie in [0, world_size), got rank {rank} of "
+                              f"{world_size}")
+        self.rank, self.world_size = int(rank), int(world_size)
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -99,8 +107,11 @@ class BatchLoader:
         """Select the epoch whose order and augmentations the next iteration yields."""
         self.epoch = int(epoch)
 
+    def _shard_size(self) -> int:
+        return math.ceil(len(self.dataset) / self.world_size)
+
     def __len__(self) -> int:
-        n = len(self.dataset)
+        n = self._shard_size()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -116,6 +127,12 @@ class BatchLoader:
             offsets = torch.randint(0, 2 * self.crop_padding + 1, (n, 2), generator=gen)
         if self.augment and self.hflip:
             flips = torch.rand(n, generator=gen) < 0.5
+        if self.world_size > 1:  # this process's shard of the same global draw
+            positions = torch.arange(self._shard_size() * self.world_size) % n
+            positions = positions[self.rank::self.world_size]
+            order = order[positions]
+            offsets = None if offsets is None else offsets[positions]
+            flips = None if flips is None else flips[positions]
         return order, offsets, flips
 
     def batches(self, epoch: int | None = None, start: int = 0) -> Iterator[Batch]:

@@ -15,7 +15,7 @@ import yaml
 from torch import nn
 
 from robustact.activations.kwta import kwta_ratios, set_kwta_ratio
-from robustact.device import amp_dtype, select_device
+from robustact.device import amp_dtype
 from robustact.errors import CheckpointError, ConfigError
 from robustact.eval.accuracy import evaluate_accuracy
 from robustact.train.checkpoint import (
@@ -26,6 +26,7 @@ from robustact.train.checkpoint import (
     save_atomic,
 )
 from robustact.train.config import TrainConfig
+from robustact.train.distributed import DistContext, init_distributed
 from robustact.train.metrics import append_metrics, write_metrics
 from robustact.train.schedules import lr_at
 
@@ -62,10 +63,20 @@ def train(config: TrainConfig, *, resume: bool = False, log: Any = print) -> Tra
 
     With ``resume``, a run whose ``checkpoint.pt`` exists continues after its last finished
     epoch and ends with the same weights as an uninterrupted run (same seed, same device).
+    Under ``torchrun`` the processes train one model data-parallel (see
+    :mod:`robustact.train.distributed`); rank 0 writes the files.
     """
+    ctx, device = init_distributed(config.device)
+    try:
+        return _train(config, resume, log if ctx.is_main else (lambda _: None), ctx, device)
+    finally:
+        ctx.close()
+
+
+def _train(config: TrainConfig, resume: bool, log: Any, ctx: DistContext,
+           device: torch.device) -> TrainResult:
     from robustact.data import BatchLoader, load_dataset
 
-    device = select_device(config.device)
     use_amp = config.amp if config.amp is not None else device.type == "cuda"
     dtype = amp_dtype(device) if use_amp else None
     if use_amp and dtype is None:
@@ -92,9 +103,13 @@ def train(config: TrainConfig, *, resume: bool = False, log: Any = print) -> Tra
         keep = len(train_set) - adv.guard_size  # the last guard_size images are held out
         guard_set = train_set.subset(torch.arange(keep, len(train_set)))
         train_set = train_set.subset(keep)
-    train_loader = BatchLoader(train_set, batch_size=config.batch_size, shuffle=True,
-                               augment=config.augment, seed=config.seed, device=device,
-                               resize=config.resize)
+    if config.batch_size % ctx.world_size:
+        raise ConfigError(f"batch_size {config.batch_size} does not split evenly over "
+                          f"{ctx.world_size} processes; use a multiple of {ctx.world_size}")
+    train_loader = BatchLoader(train_set, batch_size=config.batch_size // ctx.world_size,
+                               shuffle=True, augment=config.augment, seed=config.seed,
+                               device=device, resize=config.resize, rank=ctx.rank,
+                               world_size=ctx.world_size)
     test_loader = BatchLoader(test_set, batch_size=max(256, config.batch_size), device=device,
                               resize=config.resize)
 
@@ -141,14 +156,21 @@ def train(config: TrainConfig, *, resume: bool = False, log: Any = print) -> Tra
         else:
             log(f"resuming {out} after epoch {ckpt['epoch'] + 1}/{config.epochs}")
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     metrics_path = out / config.metrics_file
-    write_metrics(metrics_path, history)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        write_metrics(metrics_path, history)
+    trained = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     for epoch in range(start_epoch, config.epochs):
-        row = _run_epoch(config, model, optimizer, scaler, train_loader, test_loader,
-                         epoch, device, dtype, train_attack)
+        row = _run_epoch(config, trained, optimizer, scaler, train_loader, test_loader,
+                         epoch, device, dtype, train_attack, ctx)
         stop = False
         if guard is not None:
             row["guard_pgd_acc"], message = guard.check(model, epoch)
@@ -175,16 +197,20 @@ def train(config: TrainConfig, *, resume: bool = False, log: Any = print) -> Tra
             state["guard"] = guard.state_dict()
         if stop:
             state["stopped_early"] = epoch + 1
-        save_atomic(state, ckpt_path)
-        append_metrics(metrics_path, row, first=(epoch == 0))
+        if ctx.is_main:
+            save_atomic(state, ckpt_path)
+            append_metrics(metrics_path, row, first=(epoch == 0))
+        ctx.barrier()  # no process runs ahead of the checkpoint
         log(_format_row(row, config.epochs))
         if stop:
             break
 
     result = TrainResult(out, ckpt_path, history, model.eval(), resumed_from)
-    (out / "summary.json").write_text(json.dumps(
-        {"config_hash": config.hash(), "epochs": config.epochs, "final": history[-1]}, indent=2
-    ))
+    if ctx.is_main:
+        (out / "summary.json").write_text(json.dumps(
+            {"config_hash": config.hash(), "epochs": config.epochs, "final": history[-1],
+             "world_size": ctx.world_size}, indent=2
+        ))
     return result
 
 
@@ -199,7 +225,10 @@ def _run_epoch(
     device: torch.device,
     dtype: torch.dtype | None,
     attack: Any = None,
+    ctx: DistContext | None = None,
 ) -> dict[str, Any]:
+    ctx = ctx or DistContext()
+    net = getattr(model, "module", model)  # the model itself, outside DistributedDataParallel
     if config.sparsity is not None:
         set_kwta_ratio(model, config.sparsity.ratio(epoch))
     model.train()
@@ -217,7 +246,7 @@ def _run_epoch(
             group["lr"] = lr
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             if attack is not None:
-                x = _adversarial_batch(attack, model, x, y, config.adversarial.fraction)
+                x = _adversarial_batch(attack, net, x, y, config.adversarial.fraction)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
         # on CPU the check is free; on GPUs it would be a host sync every step
@@ -239,8 +268,12 @@ def _run_epoch(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    test = evaluate_accuracy(model, test_loader, amp=dtype is not None)
-    ratios = kwta_ratios(model)
+    ctx.sync_state(net)  # identical weights and BatchNorm statistics everywhere
+    stats = ctx.sum(torch.stack([loss_sum.double(), correct.double(),
+                                 torch.tensor(float(seen), device=device, dtype=torch.float64)]))
+    loss_sum, correct, seen = stats[0], stats[1], int(stats[2].item())
+    test = evaluate_accuracy(net, test_loader, amp=dtype is not None)
+    ratios = kwta_ratios(net)
     return {
         "epoch": epoch + 1,
         "train_loss": round(loss_sum.item() / max(seen, 1), 6),
@@ -249,7 +282,7 @@ def _run_epoch(
         "test_acc": round(test["accuracy"], 6),
         "lr": lr,
         "ratio": ratios[0] if ratios else None,
-        "images_per_s": round(seen / seconds, 1),
+        "images_per_s": round(seen / seconds, 1),  # all processes together
         "seconds": round(seconds, 3),
     }
 
