@@ -52,6 +52,24 @@ def test_study_runs_cells_skips_finished_work_and_records_failures(tmp_path: Pat
     assert (ckpt.stat().st_mtime_ns, robustness.stat().st_mtime_ns) == stamps
     assert any("trained earlier" in m for m in logs) and any("evaluated earlier" in m
                                                              for m in logs)
+    # the results store has every cell; the CLI lists, exports and reports from it
+    from robustact.results import ResultsStore
+
+    store = ResultsStore(tmp_path / "out" / "results.sqlite")
+    runs = {r["cell"]: r for r in store.runs("tiny")}
+    assert {c: r["status"] for c, r in runs.items()} == {"relu-0": "done", "kwta": "done",
+                                                          "broken": "failed"}
+    assert len(store.epochs(runs["kwta"]["id"])) == 1
+    pgd = [r for r in store.results(run_id=runs["kwta"]["id"]) if r["attack"] == "pgd"]
+    record = json.loads((tmp_path / "out" / "kwta" / "robustness.json").read_text())
+    assert pgd[0]["robust_accuracy"] == next(r["robust_accuracy"] for r in record["rows"]
+                                             if r["attack"] == "pgd")
+    study_file = str(tmp_path / "study.yaml")
+    assert main(["results", "list", study_file]) == 0
+    assert main(["results", "export", str(tmp_path / "out"), "--format", "csv"]) == 0
+    assert main(["report", study_file]) == 0
+    html = (tmp_path / "out" / "report" / "report.html").read_text()
+    assert "<svg" in html and "kwta" in html and "failed" in html.lower()
     # a changed evaluation suite re-evaluates without retraining
     study.evaluate = {**study.evaluate, "attacks": ["fgsm"]}
     run_study(study, cells=["relu-0"], log=logs.append)

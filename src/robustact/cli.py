@@ -183,6 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run only this cell (repeatable); for cluster job arrays")
     run.add_argument("--out", help="study directory (default: the file's out, or runs/NAME)")
     run.add_argument("--list", action="store_true", help="list the cells and their status")
+    res = sub.add_parser("results", help="list, show or export a study's stored results",
+                         epilog="examples:\n  robustact results list configs/demo.yaml\n"
+                                "  robustact results show runs/demo relu\n"
+                                "  robustact results export runs/demo --format markdown\n",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    res.add_argument("action", choices=("list", "show", "export"))
+    res.add_argument("study", help="study YAML file, study directory or results.sqlite file")
+    res.add_argument("cell", nargs="?", help="cell id (show)")
+    res.add_argument("--format", default="markdown", choices=("csv", "json", "markdown"))
+    rep_ = sub.add_parser("report", help="write report.md and report.html from stored results",
+                          epilog="examples:\n  robustact report configs/demo.yaml\n"
+                                 "  robustact report runs/demo --out /tmp/report\n",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    rep_.add_argument("study", help="study YAML file, study directory or results.sqlite file")
+    rep_.add_argument("--out", help="report directory (default: <study dir>/report)")
     lst = sub.add_parser("list", help="list the registered models, activations or datasets",
                          epilog="examples:\n  robustact list activations\n",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -370,6 +385,64 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_store(source: str) -> tuple[Any, str | None, Any]:
+    """(store, study name or None, study directory) from a YAML file, directory or .sqlite."""
+    from pathlib import Path
+
+    from robustact.results import ResultsStore
+
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml"):
+        from robustact.study import load_study
+
+        study = load_study(path)
+        db, name, root = study.out / "results.sqlite", study.name, study.out
+    elif path.is_dir():
+        db, name, root = path / "results.sqlite", None, path
+    else:
+        db, name, root = path, None, path.parent
+    if not db.is_file():
+        raise ConfigError(f"no results store at {db}; run the study first (robustact run ...)")
+    store = ResultsStore(db)
+    if name is None:
+        studies = store.studies()
+        if len(studies) != 1:
+            raise ConfigError(f"{db} holds {len(studies)} studies ({', '.join(studies)}); "
+                              "name the study's YAML file instead")
+        name = studies[0]
+    return store, name, root
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    store, name, _ = _open_store(args.study)
+    if args.action == "list":
+        for run in store.runs(name):
+            print(f"{run['cell']:<24}{run['status']:<9}{run.get('device') or '':<8}"
+                  f"{run.get('finished') or run.get('started') or ''}")
+    elif args.action == "show":
+        if not args.cell:
+            raise ConfigError("results show needs a cell id: robustact results show STUDY CELL")
+        run = store.run(name, args.cell)
+        if run is None:
+            raise ConfigError(f"no cell {args.cell!r} in study {name}")
+        print(json.dumps({"run": run, "results": store.results(run_id=run["id"]),
+                          "diagnostics": store.diagnostics(run["id"])}, indent=1, default=str))
+    else:
+        print(store.export(name, args.format))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from robustact.report import write_report
+
+    store, name, root = _open_store(args.study)
+    md, html = write_report(store, name, Path(args.out) if args.out else root / "report")
+    print(f"report: {html}\n        {md}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "models":
         from robustact.models import list_models as names
@@ -395,7 +468,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "attack": cmd_attack, "run": cmd_run,
-            "list": cmd_list, "data": cmd_data}
+            "results": cmd_results, "report": cmd_report, "list": cmd_list, "data": cmd_data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -405,6 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RobustactError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head & co.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("\ninterrupted; a training run continues with the same command plus --resume",
               file=sys.stderr)

@@ -1,11 +1,13 @@
 """Run a study: train every cell (or reuse its finished checkpoint), evaluate it, tabulate.
 
 Each cell works in ``<study out>/<cell id>/``: the training run's files, ``robustness.json`` /
-``.csv`` (the evaluation) and ``cell.json`` (status, timings, error). Re-running skips what is
-done: a finished training run with the same configuration hash is reused, an interrupted one is
-resumed, an evaluation with the same settings on the same checkpoint is reused. A cell that
-fails is recorded as failed and the others go on. ``results.md`` / ``results.json`` in the
-study directory tabulate every cell that has results.
+``.csv`` (the evaluation) and ``cell.json`` (status, timings, error). Every cell is also
+recorded in the study's results store, ``<study out>/results.sqlite`` (runs, epochs, results,
+diagnostics, artifacts; see :mod:`robustact.results`), from which ``robustact report``
+renders. Re-running skips what is done: a finished training run with the same configuration
+hash is reused, an interrupted one is resumed, an evaluation with the same settings on the same
+checkpoint is reused. A cell that fails is recorded as failed and the others go on.
+``results.md`` / ``results.json`` in the study directory tabulate every cell with results.
 """
 
 from __future__ import annotations
@@ -43,13 +45,27 @@ def _evaluate_hash(cell: Cell, evaluate: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def store_path(study: StudyConfig) -> Path:
+    return study.out / "results.sqlite"
+
+
 def run_cell(study: StudyConfig, cell: Cell, *, log: Any = print) -> CellResult:
     """Train and evaluate one cell, skipping finished steps (see the module docstring)."""
+    from robustact.device import select_device
     from robustact.eval.checkpoint import attack_checkpoint, write_robustness
+    from robustact.results import ResultsStore
     from robustact.train import train
 
     out = Path(cell.train.out)
     result = CellResult(cell.id, "failed")
+    store = ResultsStore(store_path(study))
+    try:
+        device = str(select_device(cell.train.device))
+    except Exception:  # noqa: BLE001 - recorded with the failure below
+        device = None
+    kw = dict(config=cell.train.to_dict(), config_hash=cell.train.hash(), device=device,
+              seed=cell.train.seed)
+    run_id = store.record_run(study.name, cell.id, status="running", **kw)
     try:
         summary = out / "summary.json"
         if summary.exists() and json.loads(summary.read_text()).get(
@@ -61,6 +77,10 @@ def run_cell(study: StudyConfig, cell: Cell, *, log: Any = print) -> CellResult:
             start = time.perf_counter()
             train(cell.train, resume=resume, log=lambda m: log(f"[{cell.id}] {m}"))
             result.train_seconds = round(time.perf_counter() - start, 1)
+        history = _read_history(out)
+        store.record_epochs(run_id, history)
+        if result.train_seconds is None:  # reused: the epochs' own times
+            result.train_seconds = round(sum(r.get("seconds", 0) for r in history), 1) or None
         if study.evaluate:
             ev = study.evaluate
             key = _evaluate_hash(cell, ev)
@@ -68,6 +88,7 @@ def run_cell(study: StudyConfig, cell: Cell, *, log: Any = print) -> CellResult:
             done = stem.with_suffix(".json")
             if done.exists() and json.loads(done.read_text()).get("evaluate_hash") == key:
                 log(f"[{cell.id}] evaluated earlier: {done}")
+                store.record_robustness(run_id, json.loads(done.read_text()))
             else:
                 log(f"[{cell.id}] evaluating: {', '.join(map(str, ev['attacks']))} "
                     f"at eps {ev['eps']} on {ev.get('n', 1000)} images")
@@ -83,6 +104,7 @@ def run_cell(study: StudyConfig, cell: Cell, *, log: Any = print) -> CellResult:
                 record["evaluate_hash"] = key
                 record["cell"] = cell.id
                 write_robustness(record, report, stem)
+                store.record_robustness(run_id, record)
                 log(f"[{cell.id}]\n{report.table()}")
                 if report.diagnostics is not None:
                     log(f"[{cell.id}] {report.diagnostics.verdict}")
@@ -92,6 +114,8 @@ def run_cell(study: StudyConfig, cell: Cell, *, log: Any = print) -> CellResult:
         log(f"[{cell.id}] FAILED: {result.error}")
         (out / "error.log").parent.mkdir(parents=True, exist_ok=True)
         (out / "error.log").write_text(traceback.format_exc())
+    store.record_run(study.name, cell.id, status=result.status, error=result.error,
+                     train_seconds=result.train_seconds, eval_seconds=result.eval_seconds, **kw)
     out.mkdir(parents=True, exist_ok=True)
     previous = _read(out / "cell.json") or {}
     status = {**previous, **{k: v for k, v in asdict(result).items() if v is not None}}

@@ -1,0 +1,49 @@
+"""Post hoc defenses of trained networks: Stochastic Activation Pruning (SAP) and the stochastic
+baselines of its paper (DRO, RNW, RSW, DWP, SWP, RNA, RSA), applied and removed in place.
+
+    >>> from robustact.defenses import apply_sap, remove_sap, apply_defense, remove_defense
+    >>> apply_sap(model, frac=1.0)             # SAP-100 after every activation
+    >>> remove_sap(model)                      # exactly the model before
+    >>> apply_defense(model, "rnw", s=0.01)    # see list_defenses()
+"""
+
+from robustact.defenses.posthoc import (
+    DEFENSES,
+    WEIGHT_LAYERS,
+    DefendedActivation,
+    DefenseSpec,
+    GaussianNoise,
+    GaussianScaling,
+    NoisyWeights,
+    PrunedWeights,
+    ScaledWeights,
+    StochasticPrunedWeights,
+    TestTimeDropout,
+    applied_defenses,
+    apply_defense,
+    apply_sap,
+    batch_shared_randomness,
+    defense_spec,
+    list_defenses,
+    remove_defense,
+    remove_sap,
+)
+from robustact.defenses.sap import (
+    SAP,
+    ReLUSAP,
+    multinomial_counts,
+    num_draws,
+    sap,
+    sap_draw_counts,
+    sap_factor,
+    sap_keep_probability,
+)
+
+__all__ = [
+    "DEFENSES", "SAP", "WEIGHT_LAYERS", "DefendedActivation", "DefenseSpec", "GaussianNoise",
+    "GaussianScaling", "NoisyWeights", "PrunedWeights", "ReLUSAP", "ScaledWeights",
+    "StochasticPrunedWeights", "TestTimeDropout", "applied_defenses", "apply_defense",
+    "apply_sap", "batch_shared_randomness", "defense_spec", "list_defenses",
+    "multinomial_counts", "num_draws", "remove_defense", "remove_sap", "sap",
+    "sap_draw_counts", "sap_factor", "sap_keep_probability",
+]
