@@ -125,3 +125,41 @@ def test_cli_run_lists_cells(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert capsys.readouterr().out.split() == ["relu-0", "not", "run", "kwta", "not", "run",
                                                "broken", "not", "run"]
     assert main(["run", str(write_study(tmp_path)), "--cell", "nope"]) == 2
+
+
+def test_shared_training_posthoc_finetune_and_parallel_jobs(tmp_path: Path) -> None:
+    path = write_study(
+        tmp_path, grid={},
+        cells=[{"id": "relu"},
+               {"id": "kwta", "activation": "kwta", "act_kwargs": {"ratio": 0.2}},
+               {"id": "kwta_inc", "activation": "kwta", "finetune_from": "cell:kwta",
+                "sparsity": {"start": 0.2, "target": 0.1, "step": 0.1, "every": 1},
+                "epochs": 2, "lr": 0.01},
+               {"id": "relu_dro", "posthoc": {"defense": "dro", "p": 0.3},
+                "evaluate": {"samples": 3, "attacks": ["fgsm"]}}],
+        evaluate={"eps": [0.1], "n": 32, "attacks": ["fgsm", "pgd:steps=3"], "probe_size": 32,
+                  "calibration": True, "landscape": {"n": 4, "steps": 3}})
+    study = load_study(path)
+    dro = study.cell("relu_dro")
+    assert dro.train_dir == study.cell("relu").train_dir and dro.needs == ["relu"]
+    assert study.cell("kwta_inc").needs == ["kwta"]
+    assert dro.evaluate["samples"] == 3 and dro.evaluate["attacks"] == ["fgsm"]
+    logs: list[str] = []
+    results = run_study(study, jobs=2, log=logs.append)
+    assert [r.status for r in results] == ["done"] * 4, [r.error for r in results]
+    started = [m.split()[2] for m in logs if m.endswith("started")]
+    assert started.index("kwta_inc") > started.index("kwta")  # after what it needs
+    assert not (tmp_path / "out" / "relu_dro" / "checkpoint.pt").exists()  # relu's run reused
+    record = json.loads((tmp_path / "out" / "relu_dro" / "robustness.json").read_text())
+    assert record["defense"] == {"defense": "dro", "p": 0.3} and record["n_samples"] == 3
+    from robustact.results import ResultsStore
+
+    store = ResultsStore(tmp_path / "out" / "results.sqlite")
+    run = store.run("tiny", "relu_dro")
+    kinds = {(a["kind"], a["key"]) for a in store.artifacts(run["id"])}
+    assert kinds == {("calibration", "clean"), ("calibration", "fgsm eps=0.1"),
+                     ("landscape", "test")}
+    inc = json.loads((tmp_path / "out" / "kwta_inc" / "metrics.jsonl").read_text()
+                     .splitlines()[-1])
+    assert inc["ratio"] == 0.1
+    assert "dro(p=0.3)" in (tmp_path / "out" / "results.md").read_text()

@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run only this cell (repeatable); for cluster job arrays")
     run.add_argument("--out", help="study directory (default: the file's out, or runs/NAME)")
     run.add_argument("--list", action="store_true", help="list the cells and their status")
+    run.add_argument("--jobs", type=int, default=1,
+                     help="cells in parallel processes (one per GPU when there are GPUs)")
     res = sub.add_parser("results", help="list, show or export a study's stored results",
                          epilog="examples:\n  robustact results list configs/demo.yaml\n"
                                 "  robustact results show runs/demo relu\n"
@@ -376,7 +378,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for row in collect_results(study):
             print(f"{row['cell']:<24}{row['status'] or 'not run'}")
         return 0
-    results = run_study(study, cells=args.cell or None)
+    results = run_study(study, cells=args.cell or None, jobs=args.jobs)
     print((study.out / "results.md").read_text())
     failed = [r.id for r in results if r.status != "done"]
     if failed:

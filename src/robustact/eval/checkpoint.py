@@ -32,31 +32,57 @@ def attack_checkpoint(
     probe_size: int = 200,
     device: str = "auto",
     data_dir: str | None = None,
+    defense: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], RobustnessReport]:
     """Load ``checkpoint`` (file or run directory), evaluate the first ``n`` images of its
-    dataset's ``split`` under ``attacks`` at every eps; returns (JSON-ready record, report)."""
-    from robustact.data import BatchLoader, load_dataset
-    from robustact.device import select_device
-    from robustact.train import load_model
-
+    dataset's ``split`` under ``attacks`` at every eps; returns (JSON-ready record, report).
+    ``defense`` (``{"defense": "sap", "frac": 1.0}``) is applied post hoc before evaluating."""
     specs = [AttackSpec.parse(a) for a in attacks]
     if not specs:
         raise ConfigError("give attacks, e.g. fgsm,pgd or pgd:steps=40")
     if norm:
         for spec in specs:
             spec.kwargs.setdefault("norm", norm)
-    model, config = load_model(checkpoint, select_device(device))
-    dataset = load_dataset(config["dataset"], split,
-                           data_dir=data_dir or config.get("data_dir")).subset(n or 10**9)
-    loader = BatchLoader(dataset, batch_size=512, resize=config.get("resize"))
+    model, config, loader = _load(checkpoint, n, split, device, data_dir, defense)
     report = evaluate(model, loader, specs, eps_list, n_examples=n, n_samples=n_samples,
                       sequential=sequential, diagnose=diagnose, probe_size=probe_size,
                       progress=progress)
-    record = {"checkpoint": str(checkpoint), "model": config["model"],
+    record = {"checkpoint": str(checkpoint), "model": config["model"], "defense": defense,
               "activation": config["activation"], "act_kwargs": config.get("act_kwargs"),
               "dataset": config["dataset"], "split": split, **report.to_dict()}
     return record, report
+
+
+def _load(checkpoint: str | Path, n: int | None, split: str, device: str,
+          data_dir: str | None, defense: dict[str, Any] | None) -> tuple[Any, dict, Any]:
+    from robustact.data import BatchLoader, load_dataset
+    from robustact.device import select_device
+    from robustact.train import load_model
+
+    model, config = load_model(checkpoint, select_device(device))
+    if defense:
+        from robustact.defenses import apply_defense
+
+        params = {k: v for k, v in defense.items() if k != "defense"}
+        apply_defense(model, defense["defense"], **params)
+    dataset = load_dataset(config["dataset"], split,
+                           data_dir=data_dir or config.get("data_dir")).subset(n or 10**9)
+    loader = BatchLoader(dataset, batch_size=512, resize=config.get("resize"))
+    return model, config, loader
+
+
+def load_evaluation_data(checkpoint: str | Path, n: int | None, *, split: str = "test",
+                         device: str = "auto", data_dir: str | None = None,
+                         defense: dict[str, Any] | None = None,
+                         ) -> tuple[Any, Any, Any]:
+    """(model with ``defense`` applied, x, y): the first ``n`` images of the checkpoint's
+    dataset, as the evaluation sees them (x on the CPU, in [0, 1])."""
+    from robustact.eval.robustness import collect
+
+    model, _, loader = _load(checkpoint, n, split, device, data_dir, defense)
+    x, y = collect(loader, n)
+    return model, x, y
 
 
 def write_robustness(record: dict[str, Any], report: RobustnessReport, stem: Path) -> None:

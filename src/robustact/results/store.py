@@ -188,7 +188,8 @@ def now() -> str:
 
 def training_label(config: Mapping[str, Any] | None) -> str:
     """How a run was trained, from its config: ``standard``, ``fgsm-AT eps=0.1``, ...; an
-    incremental k-WTA sparsity schedule adds ``+ incremental sparsity``."""
+    incremental k-WTA sparsity schedule adds ``+ incremental sparsity``, a post-hoc defense
+    (the study runner stores it as ``config["posthoc"]``) ``+ sap(frac=1.0)``."""
     config = config or {}
     adversarial = config.get("adversarial")
     if isinstance(adversarial, Mapping) and adversarial.get("method"):
@@ -199,6 +200,10 @@ def training_label(config: Mapping[str, Any] | None) -> str:
         label = "standard"
     if config.get("sparsity"):
         label += " + incremental sparsity"
+    posthoc = config.get("posthoc")
+    if isinstance(posthoc, Mapping) and posthoc.get("defense"):
+        params = ", ".join(f"{k}={v}" for k, v in posthoc.items() if k != "defense")
+        label += f" + {posthoc['defense']}({params})" if params else f" + {posthoc['defense']}"
     return label
 
 

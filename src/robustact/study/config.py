@@ -12,6 +12,12 @@
       activation: [relu, swish, kaf, kaf_relu]
     cells:                          # ... and/or explicit cells (an id and option overrides)
       - {id: kwta01, activation: kwta, act_kwargs: {ratio: 0.1}}
+      - id: kwta01_inc              # fine-tuned from another cell's checkpoint
+        finetune_from: cell:kwta02
+        sparsity: {start: 0.2, target: 0.1}
+      - id: relu_sap                # a post-hoc defense on a trained network: the training
+        posthoc: {defense: sap, frac: 1.0}   # options equal relu's, so relu's run is reused
+        evaluate: {samples: 10}     # per-cell evaluation overrides
     evaluate:
       eps: [0.1]
       n: 1000
@@ -19,7 +25,11 @@
       independent: true             # every attack on every point (the seed tables' way)
 
 Nested options (``act_kwargs``, ``adversarial``, ...) of a cell are merged into the shared
-ones key by key. A grid cell's id joins its values (``relu``, ``kaf_relu-0.1``).
+ones key by key. A grid cell's id joins its values (``relu``, ``kaf_relu-0.1``). Cells whose
+training options are the same (same configuration hash) share one training run, in the
+directory of the first of them. ``finetune_from: cell:ID`` starts from cell ID's checkpoint
+(that cell runs first). ``posthoc`` applies a defense of :mod:`robustact.defenses` (``sap``,
+``dro``, ``rnw``, ...) to the trained network before evaluation.
 """
 
 from __future__ import annotations
@@ -33,13 +43,31 @@ from robustact.errors import ConfigError
 from robustact.train.config import TrainConfig, load_config_file
 
 EVALUATE_KEYS = {"eps", "n", "attacks", "independent", "samples", "diagnose", "probe_size",
-                 "split", "norm"}
+                 "split", "norm", "calibration", "landscape"}
+CELL_KEYS = {"posthoc", "evaluate"}  # cell options that are not training options
 
 
 @dataclass
 class Cell:
+    """One cell: its training options, where its checkpoint lives (``train_dir``: its own
+    directory, or the one of the earlier cell it shares training with), the cells it needs
+    first, an optional post-hoc defense and its evaluation settings."""
+
     id: str
     train: TrainConfig
+    train_dir: Path | None = None
+    needs: list[str] = field(default_factory=list)
+    posthoc: dict[str, Any] | None = None
+    evaluate: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.train_dir is None:
+            self.train_dir = Path(self.train.out)
+
+    @property
+    def out(self) -> Path:
+        """The cell's own directory (evaluation files, status)."""
+        return Path(self.train.out)
 
 
 @dataclass
@@ -104,21 +132,51 @@ def load_study(path: str | Path, out: str | Path | None = None) -> StudyConfig:
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ConfigError(f"{path}: duplicate cell id(s) {', '.join(duplicates)}")
-    cells = []
+    evaluate = _check_evaluate(path, dict(data.get("evaluate") or {}))
+    cells: list[Cell] = []
+    owners: dict[str, Cell] = {}  # training hash -> the first cell with it
     for cell_id, override in overrides:
+        extra = {k: override.pop(k) for k in CELL_KEYS & set(override)}
         options = merge(base, override)
         options["out"] = str(root / cell_id)
+        needs = []
+        source = options.get("finetune_from")
+        if isinstance(source, str) and source.startswith("cell:"):
+            ref = next((c for c in cells if c.id == source.removeprefix("cell:")), None)
+            if ref is None:
+                raise ConfigError(f"{path}, cell {cell_id}: finetune_from {source} must name "
+                                  "a cell listed before it")
+            options["finetune_from"] = str(ref.train_dir / "checkpoint.pt")
+            needs.append(ref.id)
         try:
-            cells.append(Cell(cell_id, TrainConfig.from_dict(options)))
+            config = TrainConfig.from_dict(options)
         except ConfigError as exc:
             raise ConfigError(f"{path}, cell {cell_id}: {exc}") from None
-    evaluate = dict(data.get("evaluate") or {})
+        posthoc = extra.get("posthoc")
+        if posthoc is not None and (not isinstance(posthoc, dict) or "defense" not in posthoc):
+            raise ConfigError(f"{path}, cell {cell_id}: posthoc must be a mapping with a "
+                              "defense, e.g. {defense: sap, frac: 1.0}")
+        cell_eval = merge(evaluate, extra.get("evaluate") or {})
+        if evaluate or extra.get("evaluate"):
+            cell_eval = _check_evaluate(f"{path}, cell {cell_id}", cell_eval)
+        owner = owners.get(config.hash())
+        cell = Cell(cell_id, config, needs=needs, posthoc=posthoc, evaluate=cell_eval)
+        if owner is not None:
+            cell.train_dir = owner.train_dir
+            cell.needs.append(owner.id)
+        else:
+            owners[config.hash()] = cell
+        cells.append(cell)
+    return StudyConfig(name, root, cells, evaluate)
+
+
+def _check_evaluate(where: str | Path, evaluate: dict[str, Any]) -> dict[str, Any]:
     bad = sorted(set(evaluate) - EVALUATE_KEYS)
     if bad:
-        raise ConfigError(f"{path}: unknown evaluate key(s) {', '.join(bad)}; valid: "
+        raise ConfigError(f"{where}: unknown evaluate key(s) {', '.join(bad)}; valid: "
                           f"{', '.join(sorted(EVALUATE_KEYS))}")
     if evaluate and not evaluate.get("attacks"):
-        raise ConfigError(f"{path}: evaluate needs a list of attacks")
+        raise ConfigError(f"{where}: evaluate needs a list of attacks")
     if evaluate and not evaluate.get("eps"):
-        raise ConfigError(f"{path}: evaluate needs eps, e.g. eps: [0.1]")
-    return StudyConfig(name, root, cells, evaluate)
+        raise ConfigError(f"{where}: evaluate needs eps, e.g. eps: [0.1]")
+    return evaluate

@@ -12,6 +12,7 @@ checkpoint is reused. A cell that fails is recorded as failed and the others go 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from robustact.errors import ConfigError
 from robustact.study.config import Cell, StudyConfig
 
 ROBUSTNESS = "robustness"
@@ -41,7 +43,7 @@ def _atomic_json(path: Path, data: Any) -> None:
 
 
 def _evaluate_hash(cell: Cell, evaluate: dict[str, Any]) -> str:
-    payload = {"train": cell.train.hash(), "evaluate": evaluate}
+    payload = {"train": cell.train.hash(), "evaluate": evaluate, "posthoc": cell.posthoc}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -56,33 +58,39 @@ def run_cell(study: StudyConfig, cell: Cell, *, log: Any = print) -> CellResult:
     from robustact.results import ResultsStore
     from robustact.train import train
 
-    out = Path(cell.train.out)
+    out, tdir = cell.out, cell.train_dir
     result = CellResult(cell.id, "failed")
     store = ResultsStore(store_path(study))
     try:
         device = str(select_device(cell.train.device))
     except Exception:  # noqa: BLE001 - recorded with the failure below
         device = None
-    kw = dict(config=cell.train.to_dict(), config_hash=cell.train.hash(), device=device,
+    config = {**cell.train.to_dict(), "out": str(cell.train_dir), "posthoc": cell.posthoc}
+    kw = dict(config=config, config_hash=cell.train.hash(), device=device,
               seed=cell.train.seed)
     run_id = store.record_run(study.name, cell.id, status="running", **kw)
     try:
-        summary = out / "summary.json"
+        source = cell.train.finetune_from
+        if source and not Path(source).exists() and cell.needs:
+            raise ConfigError(f"cell {cell.id} fine-tunes from cell {cell.needs[0]}, which has "
+                              "no checkpoint yet; run that cell first")
+        summary = tdir / "summary.json"
         if summary.exists() and json.loads(summary.read_text()).get(
                 "config_hash") == cell.train.hash():
-            log(f"[{cell.id}] trained earlier: {out}")
+            log(f"[{cell.id}] trained earlier: {tdir}")
         else:
-            resume = (out / "checkpoint.pt").exists()
-            log(f"[{cell.id}] {'resuming' if resume else 'training'} -> {out}")
+            resume = (tdir / "checkpoint.pt").exists()
+            log(f"[{cell.id}] {'resuming' if resume else 'training'} -> {tdir}")
             start = time.perf_counter()
-            train(cell.train, resume=resume, log=lambda m: log(f"[{cell.id}] {m}"))
+            train(dataclasses.replace(cell.train, out=str(tdir)), resume=resume,
+                  log=lambda m: log(f"[{cell.id}] {m}"))
             result.train_seconds = round(time.perf_counter() - start, 1)
-        history = _read_history(out)
+        history = _read_history(tdir)
         store.record_epochs(run_id, history)
         if result.train_seconds is None:  # reused: the epochs' own times
             result.train_seconds = round(sum(r.get("seconds", 0) for r in history), 1) or None
-        if study.evaluate:
-            ev = study.evaluate
+        if cell.evaluate:
+            ev = cell.evaluate
             key = _evaluate_hash(cell, ev)
             stem = out / ROBUSTNESS
             done = stem.with_suffix(".json")
@@ -90,11 +98,13 @@ def run_cell(study: StudyConfig, cell: Cell, *, log: Any = print) -> CellResult:
                 log(f"[{cell.id}] evaluated earlier: {done}")
                 store.record_robustness(run_id, json.loads(done.read_text()))
             else:
-                log(f"[{cell.id}] evaluating: {', '.join(map(str, ev['attacks']))} "
+                defense = f" with {_posthoc_label(cell.posthoc)}" if cell.posthoc else ""
+                log(f"[{cell.id}] evaluating{defense}: {', '.join(map(str, ev['attacks']))} "
                     f"at eps {ev['eps']} on {ev.get('n', 1000)} images")
                 start = time.perf_counter()
                 record, report = attack_checkpoint(
-                    out, ev["attacks"], [float(e) for e in ev["eps"]], ev.get("n", 1000),
+                    tdir, ev["attacks"], [float(e) for e in ev["eps"]], ev.get("n", 1000),
+                    defense=cell.posthoc,
                     split=ev.get("split", "test"), norm=ev.get("norm"),
                     n_samples=ev.get("samples", 1), sequential=not ev.get("independent", False),
                     diagnose=ev.get("diagnose", True), probe_size=ev.get("probe_size", 200),
@@ -103,8 +113,10 @@ def run_cell(study: StudyConfig, cell: Cell, *, log: Any = print) -> CellResult:
                 result.eval_seconds = round(time.perf_counter() - start, 1)
                 record["evaluate_hash"] = key
                 record["cell"] = cell.id
+                record["posthoc"] = cell.posthoc
                 write_robustness(record, report, stem)
                 store.record_robustness(run_id, record)
+                _record_artifacts(cell, ev, store, run_id, log)
                 log(f"[{cell.id}]\n{report.table()}")
                 if report.diagnostics is not None:
                     log(f"[{cell.id}] {report.diagnostics.verdict}")
@@ -125,20 +137,141 @@ def run_cell(study: StudyConfig, cell: Cell, *, log: Any = print) -> CellResult:
     return result
 
 
-def run_study(study: StudyConfig, *, cells: list[str] | None = None,
+def _posthoc_label(posthoc: dict[str, Any]) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in posthoc.items() if k != "defense")
+    return f"{posthoc['defense']}({params})" if params else str(posthoc["defense"])
+
+
+def _record_artifacts(cell: Cell, ev: dict[str, Any], store: Any, run_id: int,
+                      log: Any) -> None:
+    """Reliability diagrams (clean and FGSM at each eps) and a loss landscape, when the
+    evaluation asks for them (``calibration: true`` / ``landscape: true``, or a mapping of
+    options: ``calibration: {n: 1000, bins: 15}``, ``landscape: {n: 32, steps: 21}``)."""
+    if not ev.get("calibration") and not ev.get("landscape"):
+        return
+    from robustact.attacks import FGSM
+    from robustact.attacks.wrappers import EOT
+    from robustact.eval.calibration import calibrate
+    from robustact.eval.checkpoint import load_evaluation_data
+    from robustact.eval.landscape import loss_landscape
+
+    samples = int(ev.get("samples", 1))
+    if ev.get("calibration"):
+        opts = ev["calibration"] if isinstance(ev["calibration"], dict) else {}
+        model, x, y = load_evaluation_data(cell.train_dir, opts.get("n", ev.get("n", 1000)),
+                                           split=ev.get("split", "test"),
+                                           device=cell.train.device, defense=cell.posthoc)
+        bins = int(opts.get("bins", 15))
+        store.record_artifact(run_id, "calibration", "clean",
+                              calibrate(model, x, y, n_samples=samples, bins=bins).to_dict())
+        attacked = EOT(model, samples) if samples > 1 else model
+        for eps in ev["eps"]:
+            x_adv = FGSM(eps=float(eps)).__call__(attacked, x, y).x_adv.cpu()
+            store.record_artifact(run_id, "calibration", f"fgsm eps={float(eps):g}",
+                                  calibrate(model, x_adv, y, n_samples=samples,
+                                            bins=bins).to_dict())
+        log(f"[{cell.id}] calibration recorded")
+    if ev.get("landscape"):
+        opts = ev["landscape"] if isinstance(ev["landscape"], dict) else {}
+        model, x, y = load_evaluation_data(cell.train_dir, int(opts.get("n", 32)),
+                                           split=ev.get("split", "test"),
+                                           device=cell.train.device, defense=cell.posthoc)
+        payload = loss_landscape(model, x, y, eps=float(opts.get("eps", max(ev["eps"]))),
+                                 steps=int(opts.get("steps", 21)), n_samples=samples)
+        store.record_artifact(run_id, "landscape", "test", payload)
+        log(f"[{cell.id}] loss landscape recorded")
+
+
+def run_study(study: StudyConfig, *, cells: list[str] | None = None, jobs: int = 1,
               log: Any = print) -> list[CellResult]:
-    """Run the given cells (all by default) one after the other; then write the tables."""
+    """Run the given cells (all by default), then write the tables.
+
+    ``jobs`` > 1 runs cells in that many worker processes, each cell once the cells it needs
+    (shared training, ``finetune_from: cell:ID``) are done; with GPUs each worker gets its own
+    GPU (cells on ``device: auto``), on a CPU the cores are split between the workers.
+    """
     chosen = [study.cell(c) for c in cells] if cells else study.cells
-    results = []
-    for i, cell in enumerate(chosen, 1):
-        log(f"== cell {i}/{len(chosen)}: {cell.id}")
-        results.append(run_cell(study, cell, log=log))
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    if jobs == 1:
+        results = []
+        for i, cell in enumerate(chosen, 1):
+            log(f"== cell {i}/{len(chosen)}: {cell.id}")
+            results.append(run_cell(study, cell, log=log))
+    else:
+        results = _run_parallel(study, chosen, jobs, log)
     table = results_table(study)
     study.out.mkdir(parents=True, exist_ok=True)
     (study.out / "results.md").write_text(table + "\n")
     _atomic_json(study.out / "results.json", collect_results(study))
     log(f"results: {study.out / 'results.md'}")
     return results
+
+
+def _job(study: StudyConfig, cell_id: str, device: str | None, threads: int) -> CellResult:
+    """One cell in a worker process (lines are printed, prefixed with the cell id)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    cell = study.cell(cell_id)
+    if device is not None:
+        cell = dataclasses.replace(cell, train=dataclasses.replace(cell.train, device=device))
+    return run_cell(study, cell, log=lambda m: print(m, flush=True))
+
+
+def _run_parallel(study: StudyConfig, chosen: list[Cell], jobs: int,
+                  log: Any) -> list[CellResult]:
+    import multiprocessing
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    import torch
+
+    gpus = list(range(torch.cuda.device_count()))
+    if gpus:
+        jobs = min(jobs, len(gpus))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    wanted = {c.id for c in chosen}
+    pending = list(chosen)
+    finished: dict[str, CellResult] = {}
+    free_gpus = list(gpus)
+    running: dict[Any, tuple[Cell, int | None]] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        while pending or running:
+            for cell in list(pending):
+                # a need outside this run is assumed done (or fails with a clear message)
+                ready = all(n in finished or n not in wanted for n in cell.needs)
+                if not ready or len(running) >= jobs:
+                    continue
+                failed = [n for n in cell.needs if n in finished
+                          and finished[n].status != "done"]
+                pending.remove(cell)
+                if failed:
+                    finished[cell.id] = CellResult(cell.id, "failed",
+                                                   error=f"needs failed cell {failed[0]}")
+                    log(f"[{cell.id}] skipped: needs failed cell {failed[0]}")
+                    continue
+                gpu = free_gpus.pop(0) if gpus and cell.train.device == "auto" else None
+                log(f"== cell {cell.id} started"
+                    + (f" on cuda:{gpu}" if gpu is not None else ""))
+                future = pool.submit(_job, study, cell.id,
+                                     None if gpu is None else f"cuda:{gpu}", threads)
+                running[future] = (cell, gpu)
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                cell, gpu = running.pop(future)
+                if gpu is not None:
+                    free_gpus.append(gpu)
+                try:
+                    finished[cell.id] = future.result()
+                except Exception as exc:  # noqa: BLE001 - a worker died: record, go on
+                    finished[cell.id] = CellResult(cell.id, "failed",
+                                                   error=f"{type(exc).__name__}: {exc}")
+                log(f"== cell {cell.id} {finished[cell.id].status}")
+    return [finished[c.id] for c in chosen]
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -152,16 +285,17 @@ def collect_results(study: StudyConfig) -> list[dict[str, Any]]:
     """One summary per cell: status, timings, clean and robust accuracies, the verdict."""
     rows = []
     for cell in study.cells:
-        out = Path(cell.train.out)
+        out = cell.out
         status = _read(out / "cell.json") or {"status": "not run"}
-        summary = _read(out / "summary.json") or {}
+        summary = _read(cell.train_dir / "summary.json") or {}
         record = _read(out / f"{ROBUSTNESS}.json") or {}
-        history = _read_history(out)
+        history = _read_history(cell.train_dir)
         row: dict[str, Any] = {
             "cell": cell.id, "status": status.get("status"), "error": status.get("error"),
             "model": cell.train.model, "activation": cell.train.activation,
             "act_kwargs": cell.train.act_kwargs,
             "adversarial": (cell.train.adversarial.method if cell.train.adversarial else None),
+            "posthoc": _posthoc_label(cell.posthoc) if cell.posthoc else None,
             "epochs": summary.get("epochs"),
             "train_seconds": sum(r.get("seconds", 0) for r in history) or None,
             "test_acc": (summary.get("final") or {}).get("kept_test_acc",
@@ -203,6 +337,8 @@ def results_table(study: StudyConfig) -> str:
                          f"{': ' + r['error'] if r['error'] else ''} |" + " |" * (len(head) - 4))
             continue
         training = r["adversarial"] + "-AT" if r["adversarial"] else "standard"
+        if r["posthoc"]:
+            training += f" + {r['posthoc']}"
         lines.append("| " + " | ".join([
             r["cell"], r["activation"], training, pct(r["clean"]),
             *(pct(r["robust"].get(c)) for c in columns),
