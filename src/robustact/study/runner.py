@@ -43,7 +43,9 @@ def _atomic_json(path: Path, data: Any) -> None:
 
 
 def _evaluate_hash(cell: Cell, evaluate: dict[str, Any]) -> str:
-    payload = {"train": cell.train.hash(), "evaluate": evaluate, "posthoc": cell.posthoc}
+    payload: dict[str, Any] = {"train": cell.train.hash(), "evaluate": evaluate}
+    if cell.posthoc:
+        payload["posthoc"] = cell.posthoc
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
