@@ -29,7 +29,8 @@ $(DATA_STAMP): $(STAMP)
 	touch $(DATA_STAMP)
 
 demo: $(STAMP) $(DATA_STAMP)
-	$(PY) -m robustact train --config configs/demo.yaml --out $(DEMO_OUT)
+	$(PY) -m robustact run configs/demo.yaml --out $(DEMO_OUT)
+	$(PY) -m robustact report $(DEMO_OUT)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench

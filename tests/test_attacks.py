@@ -124,3 +124,14 @@ def test_restarts_keep_each_examples_best(relu_cnn: nn.Module, fmnist_test: tupl
     assert (four.success | ~one.success).all()
     assert four.robust_accuracy <= one.robust_accuracy
     assert (four.queries > one.queries).all()
+
+
+def test_bim_ceil_steps_is_the_sap_papers_iterative_attack() -> None:
+    from robustact.attacks import create_attack
+
+    # step 1/255 for ceil(lambda) steps, lambda on the 0..255 scale
+    assert [create_attack("bim", eps=lam / 255, steps="ceil").steps
+            for lam in (1, 2, 4, 64)] == [1, 2, 4, 64]
+    assert create_attack("bim", eps=3 / 255, step_size=2 / 255, steps="ceil").steps == 2
+    with pytest.raises(ConfigError, match="'ceil'"):
+        create_attack("bim", eps=0.1, steps="many")

@@ -74,3 +74,23 @@ def test_list_names(capsys: pytest.CaptureFixture[str]) -> None:
     assert "kwta" in capsys.readouterr().out.split()
     assert main(["list", "models"]) == 0
     assert "resnet18" in capsys.readouterr().out.split()
+
+
+def test_eval_with_posthoc_sap_and_defense(tmp_path, capsys) -> None:
+    from robustact.train import TrainConfig, train
+
+    train(TrainConfig(model="small_cnn", dataset="fashion_mnist", epochs=1, batch_size=64,
+                      lr=0.05, train_subset=512, test_subset=64, device="cpu",
+                      out=str(tmp_path), progress=False), log=lambda _: None)
+    assert main(["eval", "--checkpoint", str(tmp_path), "--n", "64", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--checkpoint", str(tmp_path), "--n", "64", "--sap", "1.0",
+                 "--samples", "4", "--json"]) == 0
+    sap = json.loads(capsys.readouterr().out)
+    assert sap["defense"] == {"defense": "sap", "frac": 1.0} and sap["samples"] == 4
+    assert plain["n"] == sap["n"] == 64 and 0 <= sap["ece"] <= 1
+    assert main(["eval", "--checkpoint", str(tmp_path), "--n", "64", "--defense",
+                 "dro:p=0.5", "--samples", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["defense"] == {"defense": "dro", "p": 0.5}
+    assert main(["eval", "--checkpoint", str(tmp_path), "--defense", "nope:p=1"]) == 2
+    assert "unknown defense 'nope'" in capsys.readouterr().err

@@ -26,7 +26,7 @@ examples:
   robustact train --model small_cnn --dataset fashion_mnist --activation kwta --ratio 0.2 \\
       --epochs 3 --lr 0.05 --out runs/kwta02
   # incremental sparsity 0.2 -> 0.1 (minus 0.005 every 2 epochs), fine-tuning the run above
-  robustact train --config configs/demo.yaml --finetune-from runs/kwta02 --sparsity-start 0.2 \\
+  robustact train --config configs/kwta02.yaml --finetune-from runs/kwta02 --sparsity-start 0.2 \\
       --sparsity-target 0.1 --lr 0.001 --out runs/kwta01
   # fine-tune torchvision ImageNet weights at 224x224 (the k-WTA reproduction's pretrained runs)
   robustact train --model resnet18 --model-arg stem=imagenet --pretrained resnet18.pth \
@@ -35,13 +35,17 @@ examples:
   robustact train --model small_cnn --dataset fashion_mnist --adv fgsm --adv-eps 0.1 \
       --schedule cyclic --lr 0.1 --epochs 5 --out runs/fast_at
   # a killed run continues where it stopped
-  robustact train --config configs/demo.yaml --out runs/demo --resume
+  robustact train --config configs/kwta02.yaml --out runs/kwta02 --resume
 """
 
 EVAL_EXAMPLE = """\
 examples:
   robustact eval --checkpoint runs/kwta02
   robustact eval --checkpoint runs/kwta02/checkpoint.pt --n 1000 --device cpu
+  # SAP-100 applied post hoc; predictions averaged over 100 passes; ECE reported too
+  robustact eval --checkpoint runs/relu --sap 1.0 --samples 100
+  # another post-hoc defense (robustact.defenses): test-time dropout
+  robustact eval --checkpoint runs/relu --defense dro:p=0.3 --samples 50
 """
 
 
@@ -120,7 +124,23 @@ def _add_eval_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto")
+    p.add_argument("--sap", type=float, metavar="FRAC",
+                   help="apply SAP post hoc (1.0 = SAP-100) before evaluating")
+    p.add_argument("--defense", metavar="SPEC",
+                   help="apply a post-hoc defense, e.g. dro:p=0.3 or rnw:s=0.01")
+    p.add_argument("--samples", type=int, default=1,
+                   help="average predictions over N forward passes (randomized models)")
+    p.add_argument("--bins", type=int, default=15, help="calibration bins for the ECE")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def parse_defense(spec: str) -> dict[str, Any]:
+    """``"dro:p=0.3"`` -> ``{"defense": "dro", "p": 0.3}``."""
+    name, _, rest = spec.partition(":")
+    if not name.strip():
+        raise ConfigError(f"--defense expects NAME[:key=value,...], got {spec!r}")
+    items = [i for i in rest.split(",") if i.strip()]
+    return {"defense": name.strip(), **_key_values(items, "--defense")}
 
 
 ATTACK_EXAMPLE = """\
@@ -295,27 +315,40 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from robustact.data import BatchLoader, load_dataset
-    from robustact.device import select_device
-    from robustact.eval import evaluate_accuracy
-    from robustact.train import load_model
+    from robustact.eval.calibration import predict_proba, reliability
+    from robustact.eval.checkpoint import load_evaluation_data
 
-    device = select_device(args.device)
-    model, config = load_model(args.checkpoint, device)
-    dataset = load_dataset(config["dataset"], args.split, data_dir=args.data_dir or
-                           config.get("data_dir"))
-    if args.n:
-        dataset = dataset.subset(args.n)
-    loader = BatchLoader(dataset, batch_size=args.batch_size, device=device,
-                         resize=config.get("resize"))
-    result = evaluate_accuracy(model, loader, progress=sys.stderr.isatty())
+    if args.sap is not None and args.defense:
+        raise ConfigError("give --sap or --defense, not both")
+    if args.samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {args.samples}")
+    defense = parse_defense(args.defense) if args.defense else None
+    if args.sap is not None:
+        defense = {"defense": "sap", "frac": args.sap}
+    model, x, y = load_evaluation_data(args.checkpoint, args.n, split=args.split,
+                                       device=args.device, data_dir=args.data_dir,
+                                       defense=defense)
+    probs = predict_proba(model, x, n_samples=args.samples, batch_size=args.batch_size)
+    rel = reliability(probs, y, bins=args.bins)
+    loss = float(torch_nll(probs, y))
+    result = {"n": rel.n, "accuracy": rel.accuracy, "loss": loss, "ece": rel.ece,
+              "samples": args.samples, "defense": defense}
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "split": args.split, **result}))
     else:
-        print(f"{config['model']} / {config['activation']} on {config['dataset']} "
-              f"{args.split} ({result['n']} images): accuracy {100 * result['accuracy']:.2f}%, "
-              f"loss {result['loss']:.4f}")
+        extra = f" with {defense['defense']}" if defense else ""
+        avg = f", predictions averaged over {args.samples} passes" if args.samples > 1 else ""
+        print(f"{args.checkpoint}{extra} on {args.split} ({rel.n} images{avg}): accuracy "
+              f"{100 * rel.accuracy:.2f}%, loss {loss:.4f}, ECE {100 * rel.ece:.2f}% "
+              f"({args.bins} bins)")
     return 0
+
+
+def torch_nll(probs: Any, y: Any) -> float:
+    """Mean negative log-likelihood of the (averaged) probabilities."""
+    import torch
+
+    return -torch.log(probs.gather(1, y.view(-1, 1)).clamp_min(1e-12)).mean().item()
 
 
 def _eps_list(text: str) -> list[float]:

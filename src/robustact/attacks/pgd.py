@@ -124,17 +124,26 @@ class BIM(PGD):
     """Basic Iterative Method (Kurakin et al. 2017): PGD from x itself (no random start).
 
     Defaults follow the paper: step 1/255 and min(255 eps + 4, 1.25 * 255 eps) iterations.
+    ``steps="ceil"``: ceil(eps / step_size) iterations, the SAP paper's iterative attack
+    (step 1/255 for ceil(lambda) steps, lambda on the 0..255 scale).
     """
 
     name = "bim"
 
-    def __init__(self, *, eps: float, norm: str = "linf", steps: int | None = None,
+    def __init__(self, *, eps: float, norm: str = "linf", steps: int | str | None = None,
                  step_size: float | None = None, loss: str = "ce", batch_size: int = 256,
                  seed: int | None = 0) -> None:
+        step_size = 1 / 255 if step_size is None else step_size
         if steps is None:
             steps = max(1, math.ceil(min(255 * eps + 4, 1.25 * 255 * eps)))
+        elif steps == "ceil":
+            if step_size <= 0:
+                raise ConfigError(f"{self.name}: steps=ceil needs a step_size > 0")
+            steps = max(1, math.ceil(eps / step_size - 1e-9))
+        elif isinstance(steps, str):
+            raise ConfigError(f"{self.name}: steps must be an integer or 'ceil', got {steps!r}")
         super().__init__(eps=eps, norm=norm, steps=steps,
-                         step_size=1 / 255 if step_size is None else step_size,
+                         step_size=step_size,
                          random_start=False, restarts=1, loss=loss, batch_size=batch_size,
                          seed=seed)
 
