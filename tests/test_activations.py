@@ -84,3 +84,17 @@ def test_convert_refuses_models_without_activation_modules() -> None:
 
     with pytest.raises(ConfigError, match="no activation modules"):
         convert_activations(Functional(), "kwta")
+
+
+def test_sap_and_kaf_are_registered_activations() -> None:
+    import torch
+
+    from robustact.activations import list_activations
+    from robustact.attacks.wrappers import is_randomized
+    from robustact.models import create_model
+
+    assert {"sap", "kaf", "kaf_relu", "kaf_elu", "kaf_swish", "kaf_free"} <= set(
+        list_activations())
+    torch.manual_seed(0)
+    model = create_model("small_cnn", act_layer="sap", act_kwargs={"frac": 1.0})
+    assert is_randomized(model, torch.rand(4, 1, 28, 28))
