@@ -71,7 +71,8 @@ def test_study_runs_cells_skips_finished_work_and_records_failures(tmp_path: Pat
     html = (tmp_path / "out" / "report" / "report.html").read_text()
     assert "<svg" in html and "kwta" in html and "failed" in html.lower()
     # a changed evaluation suite re-evaluates without retraining
-    study.evaluate = {**study.evaluate, "attacks": ["fgsm"]}
+    cell = study.cell("relu-0")
+    cell.evaluate = {**cell.evaluate, "attacks": ["fgsm"]}
     run_study(study, cells=["relu-0"], log=logs.append)
     assert ckpt.stat().st_mtime_ns == stamps[0] and robustness.stat().st_mtime_ns != stamps[1]
 
