@@ -174,3 +174,25 @@ def test_cli_adversarial_flags(tmp_path: Path) -> None:
                                       "fraction": 0.2, "guard": False}
     cfg = TrainConfig.from_dict(options)
     assert cfg.adversarial.attack().steps == 5
+
+
+def test_guard_keeps_extra_state_of_kaf_and_kwta() -> None:
+    """state_dict holds non-tensor extra state (KAF settings, k-WTA ratio): copied too."""
+    from robustact.activations import initialize_lazy
+    from robustact.models import create_model
+
+    adv = AdversarialTraining(eps=0.1, guard_drop=0.2)
+    for act in ("kaf", "kwta"):
+        model = create_model("small_cnn", act_layer=act)
+        initialize_lazy(model, torch.rand(2, 1, 28, 28))
+        guard = _Guard(adv, torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
+        guard.attack = ScriptedAttack([0.5, 0.1])
+        reference = {k: v.clone() for k, v in model.state_dict().items()
+                     if isinstance(v, torch.Tensor)}
+        assert guard.check(model, 0)[1] is None
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        assert guard.check(model, 1)[1] is not None  # collapse: the epoch-1 weights return
+        for key, value in reference.items():
+            assert torch.equal(model.state_dict()[key], value), (act, key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -316,7 +317,9 @@ class _Guard:
         acc = self.attack(model, self.x, self.y).robust_accuracy
         if acc > self.best_acc:
             self.best_acc, self.best_epoch = acc, epoch + 1
-            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            # tensors and extra state (k-WTA's ratio, KAF's settings) alike
+            self.best_state = {k: v.detach().clone() if isinstance(v, torch.Tensor)
+                               else copy.deepcopy(v) for k, v in model.state_dict().items()}
             return round(acc, 6), None
         if acc >= self.best_acc - self.drop or self.best_state is None:
             return round(acc, 6), None
