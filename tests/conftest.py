@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -26,6 +28,16 @@ def train_small_cnn(activation: str = "relu", n: int = 4000, epochs: int = 2,
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Small models on a shared 2-core machine run many times faster on one intra-op thread;
+    a module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

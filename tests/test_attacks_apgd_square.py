@@ -5,7 +5,6 @@ autograd gradients, and an independent per-example log of every forward pass."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from fractions import Fraction
 
 import pytest
@@ -19,14 +18,7 @@ from robustact.attacks.losses import margin
 from robustact.attacks.square import Square, square_p, square_side
 from robustact.errors import ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # small models on a shared 2-core machine run many times faster on one thread
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cnn(classes: int = 5, seed: int = 0) -> nn.Module:
