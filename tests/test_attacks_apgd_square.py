@@ -388,3 +388,12 @@ def test_gradest_lowers_accuracy_of_trained_model(fashion) -> None:
     clean = robust_accuracy(model, x, y)
     result = GradientEstimation(eps=0.05, steps=50)(model, x, y)
     assert clean - result.robust_accuracy > 0.2, (clean, result.robust_accuracy)
+
+
+def test_apgd_dlr_counts_gradients_of_unfooled_points_only(relu_cnn, fmnist_test) -> None:
+    """Once an example is fooled with its class third, DLR is exactly 1 (a flat loss): those
+    zero gradients must not make a plain ReLU network look gradient-masked."""
+    x, y = fmnist_test
+    result = APGDDLR(eps=0.1, steps=30)(relu_cnn, x[:100], y[:100])
+    assert result.robust_accuracy < 0.5  # the attack works (31% measured) ...
+    assert result.grad_bad_fraction < 0.1  # ... and its gradients are informative

@@ -149,7 +149,8 @@ class APGD(Attack):
                 x_next = self.project(
                     x, x_adv + alpha * (z - x_adv) + (1 - alpha) * (x_adv - x_prev))
             x_prev, x_adv = x_adv, x_next
-            loss, grad, logits = self.input_gradient(model, x_adv, y, self.loss_fn)
+            loss, grad, logits = self.input_gradient(model, x_adv, y, self.loss_fn,
+                                                     count=~fooled)
             if trace:
                 self.record_loss(loss)
             now_fooled = logits.argmax(1) != y

@@ -84,7 +84,7 @@ class _Stats:
 
     loss: list[torch.Tensor] = field(default_factory=list)
     bad: torch.Tensor | int = 0
-    total: int = 0
+    total: torch.Tensor | int = 0
 
 
 class Attack:
@@ -160,8 +160,8 @@ class Attack:
             norms=perturbation_norm(x_adv - x.to(device), self.norm),
             queries=torch.cat([o[2] for o in outputs]),
             loss_trace=self._loss_trace(),
-            grad_bad_fraction=(float(self._stats.bad) / self._stats.total
-                               if self._stats.total else None),
+            grad_bad_fraction=(float(self._stats.bad) / float(self._stats.total)
+                               if float(self._stats.total) else None),
             seconds=time.perf_counter() - start,
             params={"attack": self.name, **self.hyperparameters()},
         )
@@ -188,25 +188,37 @@ class Attack:
     def input_gradient(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        *, count: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-example loss (B,), its gradient w.r.t. x (B, ...) and the logits (B, classes).
 
         The gradient of the summed loss is taken, so each example gets its own gradient.
-        Records the fraction of zero / non-finite gradient entries for the diagnostics.
+        Records the fraction of zero / non-finite gradient entries for the diagnostics, over
+        the examples of the bool mask ``count`` (default all): an attack passes the examples
+        it still works on, since a loss can be flat once an example is fooled (DLR is exactly
+        1 when the true class is third).
         """
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = model(x)
             loss = loss_fn(logits, y)
             (grad,) = torch.autograd.grad(loss.sum(), x)
-        return loss.detach(), self.record_gradient(grad), logits.detach()
+        return loss.detach(), self.record_gradient(grad, count), logits.detach()
 
-    def record_gradient(self, grad: torch.Tensor) -> torch.Tensor:
-        """Count the zero / non-finite entries of an input gradient for the diagnostics and
-        return it with those entries set to 0 (no host sync)."""
+    def record_gradient(self, grad: torch.Tensor,
+                        count: torch.Tensor | None = None) -> torch.Tensor:
+        """Count the zero / non-finite entries of an input gradient (of the examples in the
+        bool mask ``count``, default all) for the diagnostics and return the gradient with
+        those entries set to 0 (no host sync)."""
         grad = torch.nan_to_num(grad.detach(), nan=0.0, posinf=0.0, neginf=0.0)
-        self._stats.bad = self._stats.bad + (grad.numel() - torch.count_nonzero(grad))
-        self._stats.total += grad.numel()
+        if count is None:
+            self._stats.bad = self._stats.bad + (grad.numel() - torch.count_nonzero(grad))
+            self._stats.total += grad.numel()
+        else:
+            per_example = grad[0].numel()
+            rows = count.view(-1, *([1] * (grad.dim() - 1)))
+            self._stats.bad = self._stats.bad + ((grad == 0) & rows).sum()
+            self._stats.total = self._stats.total + count.sum() * per_example
         return grad
 
     def record_loss(self, loss: torch.Tensor) -> None:
