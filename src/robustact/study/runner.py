@@ -158,28 +158,32 @@ def _record_artifacts(cell: Cell, ev: dict[str, Any], store: Any, run_id: int,
     from robustact.eval.landscape import loss_landscape
 
     samples = int(ev.get("samples", 1))
-    if ev.get("calibration"):
-        opts = ev["calibration"] if isinstance(ev["calibration"], dict) else {}
-        model, x, y = load_evaluation_data(cell.train_dir, opts.get("n", ev.get("n", 1000)),
-                                           split=ev.get("split", "test"),
-                                           device=cell.train.device, defense=cell.posthoc)
-        bins = int(opts.get("bins", 15))
+    calibration = ev.get("calibration")
+    calibration = (calibration if isinstance(calibration, dict) else {}) if calibration else None
+    landscape = ev.get("landscape")
+    landscape = (landscape if isinstance(landscape, dict) else {}) if landscape else None
+    n_cal = int(calibration.get("n", ev.get("n", 1000))) if calibration is not None else 0
+    n_land = int(landscape.get("n", 32)) if landscape is not None else 0
+    # one load for both: the first max(n) images of the evaluation split
+    model, x, y = load_evaluation_data(cell.train_dir, max(n_cal, n_land),
+                                       split=ev.get("split", "test"),
+                                       device=cell.train.device, defense=cell.posthoc)
+    if calibration is not None:
+        xc, yc = x[:n_cal], y[:n_cal]
+        bins = int(calibration.get("bins", 15))
         store.record_artifact(run_id, "calibration", "clean",
-                              calibrate(model, x, y, n_samples=samples, bins=bins).to_dict())
+                              calibrate(model, xc, yc, n_samples=samples, bins=bins).to_dict())
         attacked = EOT(model, samples) if samples > 1 else model
         for eps in ev["eps"]:
-            x_adv = FGSM(eps=float(eps)).__call__(attacked, x, y).x_adv.cpu()
+            x_adv = FGSM(eps=float(eps))(attacked, xc, yc).x_adv.cpu()
             store.record_artifact(run_id, "calibration", f"fgsm eps={float(eps):g}",
-                                  calibrate(model, x_adv, y, n_samples=samples,
+                                  calibrate(model, x_adv, yc, n_samples=samples,
                                             bins=bins).to_dict())
         log(f"[{cell.id}] calibration recorded")
-    if ev.get("landscape"):
-        opts = ev["landscape"] if isinstance(ev["landscape"], dict) else {}
-        model, x, y = load_evaluation_data(cell.train_dir, int(opts.get("n", 32)),
-                                           split=ev.get("split", "test"),
-                                           device=cell.train.device, defense=cell.posthoc)
-        payload = loss_landscape(model, x, y, eps=float(opts.get("eps", max(ev["eps"]))),
-                                 steps=int(opts.get("steps", 21)), n_samples=samples)
+    if landscape is not None:
+        payload = loss_landscape(model, x[:n_land], y[:n_land],
+                                 eps=float(landscape.get("eps", max(ev["eps"]))),
+                                 steps=int(landscape.get("steps", 21)), n_samples=samples)
         store.record_artifact(run_id, "landscape", "test", payload)
         log(f"[{cell.id}] loss landscape recorded")
 

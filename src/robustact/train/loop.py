@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
+from torch.nn.parameter import is_lazy
 
+from robustact.activations.kaf import initialize_lazy
 from robustact.activations.kwta import kwta_ratios, set_kwta_ratio
 from robustact.device import amp_dtype
 from robustact.errors import CheckpointError, ConfigError
@@ -115,7 +117,8 @@ def _train(config: TrainConfig, resume: bool, log: Any, ctx: DistContext,
                               resize=config.resize)
 
     model = build_model(config.to_dict()).to(device)
-    _materialize_lazy(model, test_loader)
+    if any(is_lazy(p) for p in model.parameters()):  # e.g. KAF: shapes from a real batch
+        initialize_lazy(model, next(iter(test_loader))[0][:2])
     if config.finetune_from:
         _load_finetune_weights(model, config)
     optimizer = make_optimizer(config, model)
@@ -339,21 +342,6 @@ class _Guard:
         self.best_acc = state["best_acc"]
         self.best_epoch = state["best_epoch"]
         self.best_state = state["best_state"]
-
-
-def _materialize_lazy(model: nn.Module, loader: Any) -> None:
-    """Create the parameters of lazy modules (e.g. KAF, whose channel count comes from its
-    input) with one forward of a real batch, before the optimizer sees the parameters."""
-    from torch.nn.parameter import is_lazy
-
-    if not any(is_lazy(p) for p in model.parameters()):
-        return
-    x, _ = next(iter(loader))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(x[:2])
-    model.train(was_training)
 
 
 def _progress(loader: Any, config: TrainConfig, epoch: int) -> Any:
