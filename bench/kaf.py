@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _results import write_result
+from _results import setup, write_result
 from robustact.activations import KAF, initialize_lazy
 from robustact.activations.kaf import kaf, kaf_general, kaf_naive
 from robustact.models import create_model
@@ -168,6 +168,7 @@ def main() -> None:
     parser.add_argument("--json", default="bench/results/kaf.json")
     parser.add_argument("--rss-child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    setup()
     if args.rss_child:
         rss_child(args.rss_child, args.batch, args.threads[0])
         return

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from _results import write_result
+from _results import setup, write_result
 from robustact.activations import KWTA
 from robustact.activations.select import backend_for
 
@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--skip-epoch", action="store_true")
     parser.add_argument("--json", default="bench/results/kwta.json")
     args = parser.parse_args()
+    setup()
 
     rows = bench_shapes(args.batch, args.ratio, args.repeats)
     print(f"k-WTA ratio {args.ratio}, batch {args.batch}, {torch.get_num_threads()} threads, "

@@ -36,7 +36,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from _results import write_result
+from _results import setup, write_result
 from robustact.attacks.wrappers import EOT
 from robustact.defenses import apply_sap, sap
 from robustact.models import create_model
@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--skip-eot", action="store_true")
     parser.add_argument("--json", default="bench/results/sap.json")
     args = parser.parse_args()
+    setup()
     if not 1 <= args.eot_subset <= EOT_EXAMPLES or not 1 <= args.loop_passes <= EOT_N:
         parser.error(f"--eot-subset must be in 1..{EOT_EXAMPLES}, --loop-passes in 1..{EOT_N}")
     if args.threads:

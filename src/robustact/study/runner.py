@@ -214,10 +214,15 @@ def run_study(study: StudyConfig, *, cells: list[str] | None = None, jobs: int =
     return results
 
 
-def _job(study: StudyConfig, cell_id: str, device: str | None, threads: int) -> CellResult:
+def _job(study: StudyConfig, cell_id: str, device: str | None, threads: int,
+         tune_allocator: bool) -> CellResult:
     """One cell in a worker process (lines are printed, prefixed with the cell id)."""
     import torch
 
+    from robustact.device import tune_cpu_allocator
+
+    if tune_allocator:  # as the parent process (the command line tunes it)
+        tune_cpu_allocator()
     torch.set_num_threads(threads)
     cell = study.cell(cell_id)
     if device is not None:
@@ -232,6 +237,8 @@ def _run_parallel(study: StudyConfig, chosen: list[Cell], jobs: int,
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     import torch
+
+    import robustact.device as device_module
 
     gpus = list(range(torch.cuda.device_count()))
     if gpus:
@@ -262,7 +269,8 @@ def _run_parallel(study: StudyConfig, chosen: list[Cell], jobs: int,
                 log(f"== cell {cell.id} started"
                     + (f" on cuda:{gpu}" if gpu is not None else ""))
                 future = pool.submit(_job, study, cell.id,
-                                     None if gpu is None else f"cuda:{gpu}", threads)
+                                     None if gpu is None else f"cuda:{gpu}", threads,
+                                     device_module.allocator_tuned())
                 running[future] = (cell, gpu)
             if not running:
                 continue
