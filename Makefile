@@ -7,6 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.robustact-installed
 DATA_STAMP := $(VENV)/.fashion-mnist-ready
 DEMO_OUT ?= runs/demo
+DEMO_JOBS ?= 2
 
 .PHONY: setup data demo test lint bench clean
 
@@ -20,6 +21,8 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	# test-only reference implementation; --no-deps: its pinned requests is not needed
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "torchattacks==3.5.1"
+	# MinAtar games for robustact.rl; --no-deps: its matplotlib/seaborn/pandas only serve its GUI
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "minatar==1.0.15"
 	touch $(STAMP)
 
 data: $(DATA_STAMP)
@@ -29,7 +32,7 @@ $(DATA_STAMP): $(STAMP)
 	touch $(DATA_STAMP)
 
 demo: $(STAMP) $(DATA_STAMP)
-	$(PY) -m robustact run configs/demo.yaml --out $(DEMO_OUT)
+	$(PY) -m robustact run configs/demo.yaml --out $(DEMO_OUT) --jobs $(DEMO_JOBS)
 	$(PY) -m robustact report $(DEMO_OUT)
 
 lint: $(STAMP)
