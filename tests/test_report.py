@@ -203,3 +203,16 @@ def test_landscape_svg_and_ticks() -> None:
         landscape_svg({**payload, "loss": [[1.0]]})
     assert nice_ticks(0, 100) == [0, 20, 40, 60, 80, 100]
     assert nice_ticks(0.0, 0.05)[-1] == pytest.approx(0.05)
+
+
+def test_activation_label_shows_the_ratio_a_sparsity_schedule_ends_with() -> None:
+    from robustact.report.render import RunRecords, activation_label
+
+    def records(config: dict[str, Any]) -> RunRecords:
+        return RunRecords(run={"cell": "c", "config": config}, evaluation=None, results=[],
+                          diagnostics=None, epochs=[], artifacts=[])
+
+    base = {"activation": "kwta", "act_kwargs": {"ratio": 0.2}}
+    assert activation_label(records(base)) == "kwta (ratio=0.2)"
+    assert activation_label(records({**base, "sparsity": {"start": 0.2, "target": 0.1}})) == \
+        "kwta (ratio=0.1)"

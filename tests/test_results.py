@@ -244,6 +244,8 @@ def test_training_label() -> None:
     assert training_label({"adversarial": {"method": "pgd", "eps": 8 / 255}}) == \
         "pgd-AT eps=8/255"
     assert training_label({"sparsity": {"start": 0.2}}) == "standard + incremental sparsity"
+    assert training_label({"sparsity": {"start": 0.2, "target": 0.1}}) == \
+        "standard + incremental sparsity 0.2->0.1"
 
 
 def test_a_locked_store_waits_then_gives_a_clear_error(tmp_path: Path) -> None:

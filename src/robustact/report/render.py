@@ -120,8 +120,13 @@ def attack_name(label: str) -> str:
 
 
 def activation_label(run: RunRecords) -> str:
+    """``kwta (ratio=0.1)``: the activation the trained network ends with (an incremental
+    sparsity schedule's target ratio, not the ratio it started from)."""
     name = str(run.get("activation") or "?")
     kwargs = run.get("act_kwargs") or {}
+    sparsity = (run.config or {}).get("sparsity")
+    if isinstance(kwargs, Mapping) and isinstance(sparsity, Mapping) and "target" in sparsity:
+        kwargs = {**kwargs, "ratio": sparsity["target"]}
     if isinstance(kwargs, Mapping) and kwargs:
         name += " (" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
     return name

@@ -188,7 +188,7 @@ def now() -> str:
 
 def training_label(config: Mapping[str, Any] | None) -> str:
     """How a run was trained, from its config: ``standard``, ``fgsm-AT eps=0.1``, ...; an
-    incremental k-WTA sparsity schedule adds ``+ incremental sparsity``, a post-hoc defense
+    incremental k-WTA sparsity schedule adds ``+ incremental sparsity 0.2->0.1``, a post-hoc defense
     (the study runner stores it as ``config["posthoc"]``) ``+ sap(frac=1.0)``."""
     config = config or {}
     adversarial = config.get("adversarial")
@@ -198,8 +198,11 @@ def training_label(config: Mapping[str, Any] | None) -> str:
             label += f" eps={format_eps(float(adversarial['eps']))}"
     else:
         label = "standard"
-    if config.get("sparsity"):
+    sparsity = config.get("sparsity")
+    if sparsity:
         label += " + incremental sparsity"
+        if isinstance(sparsity, Mapping) and {"start", "target"} <= set(sparsity):
+            label += f" {sparsity['start']:g}->{sparsity['target']:g}"
     posthoc = config.get("posthoc")
     if isinstance(posthoc, Mapping) and posthoc.get("defense"):
         params = ", ".join(f"{k}={v}" for k, v in posthoc.items() if k != "defense")
