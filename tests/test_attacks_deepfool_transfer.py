@@ -124,6 +124,18 @@ def test_deepfool_stops_each_example_when_it_is_misclassified() -> None:
     assert result.loss_trace[0] < 0 and result.loss_trace[1:] == [0.0] * 49
 
 
+def test_deepfool_gradient_health_ignores_examples_already_fooled() -> None:
+    """An affine model's input gradient has no zero entry; clean errors (half the batch here)
+    are done before the first step and get a zero gradient row, which must not be counted as
+    a masked gradient (it was: 0.5 bad, and the demo flagged k-WTA 0.1 on it)."""
+    model, x, y = affine_problem(5, n=12)
+    y = y.clone()
+    y[::2] = (y[::2] + 1) % 5  # every other example misclassified from the start
+    result = DeepFool(eps=10.0, norm="l2", steps=3)(model, x, y)
+    assert result.success.all()
+    assert result.grad_bad_fraction is not None and result.grad_bad_fraction < 0.01
+
+
 @pytest.mark.parametrize(("norm", "dual_p"), [("l2", 2.0), ("linf", 1.0)])
 def test_deepfool_robust_accuracy_at_eps(norm: str, dual_p: float) -> None:
     model, x, y = affine_problem(5)

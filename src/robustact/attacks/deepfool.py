@@ -157,7 +157,7 @@ class DeepFool(Attack):
         for k in range(classes.shape[1]):
             (grad,) = torch.autograd.grad((gaps[:, k] * weight).sum(), xs,
                                           retain_graph=k + 1 < classes.shape[1])
-            grad = self.record_gradient(grad)
+            grad = self.record_gradient(grad, count=live)  # fooled rows get no gradient
             dual = grad.flatten(1).norm(p=2 if self.norm == "l2" else 1, dim=1)
             dist = gaps[:, k].detach().abs() / (dual + _TINY)
             better = dist < best_dist
