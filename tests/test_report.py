@@ -216,3 +216,25 @@ def test_activation_label_shows_the_ratio_a_sparsity_schedule_ends_with() -> Non
     assert activation_label(records(base)) == "kwta (ratio=0.2)"
     assert activation_label(records({**base, "sparsity": {"start": 0.2, "target": 0.1}})) == \
         "kwta (ratio=0.1)"
+
+
+def test_reinforcement_learning_runs_get_the_seeds_table_1_layout(tmp_path: Path) -> None:
+    from robustact.report.render import RL_RETURNS
+    from robustact.rl.study import RETURNS
+
+    assert RL_RETURNS == RETURNS
+    store = ResultsStore(tmp_path / "results.sqlite")
+    run = store.record_run("rl", "breakout", config={"game": "breakout"}, config_hash="h",
+                           status="done")
+    for agent, eps, returns in [("dense", 0.0, [4.0, 6.0]), ("sap-100", 0.0, [4.0, 5.0]),
+                                ("dense", 2 / 255, [0.0, 0.0]), ("sap-100", 2 / 255, [1.0, 1.0])]:
+        mean = sum(returns) / len(returns)
+        store.record_artifact(run, RETURNS, f"{agent}@{eps}", {
+            "agent": agent, "eps": eps, "returns": returns, "mean": mean, "stderr": 0.5})
+    md_path, html_path = write_report(store, "rl", tmp_path / "out")
+    md = md_path.read_text()
+    # (4.5 - 5) / 5 = -10%; the dense agent's mean return 0 leaves the change undefined
+    assert "| breakout | breakout | -10.0 | n/a |" in md
+    assert "| breakout | breakout | sap-100 | 4.50 ± 0.50 | 1.00 ± 0.50 |" in md
+    assert "A_std" not in md  # no empty image-classification table for RL runs
+    assert "λ=2/255" in html_path.read_text()

@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_eval_parser(sub)
     _add_attack_parser(sub)
+    from robustact.rl.cli import add_rl_parser  # argparse only; torch loads when it runs
+
+    add_rl_parser(sub)
     run = sub.add_parser("run", help="run a study: train and evaluate every cell, tabulate",
                          epilog="examples:\n  robustact run configs/kaf_fmnist.yaml\n"
                                 "  robustact run configs/kaf_fmnist.yaml --cell kaf_relu\n"
@@ -502,8 +505,15 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rl(args: argparse.Namespace) -> int:
+    from robustact.rl.cli import cmd_rl as run_rl
+
+    return run_rl(args)
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "attack": cmd_attack, "run": cmd_run,
-            "results": cmd_results, "report": cmd_report, "list": cmd_list, "data": cmd_data}
+            "results": cmd_results, "report": cmd_report, "list": cmd_list, "data": cmd_data,
+            "rl": cmd_rl}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

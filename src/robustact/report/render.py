@@ -180,6 +180,62 @@ def _verdict_cell(verdict: str | None) -> Cell:
     return Cell(verdict, css="ok" if verdict == NO_MASKING else "warn")
 
 
+RL_RETURNS = "rl_returns"  # the artifact kind robustact.rl records per (agent, lambda)
+
+
+def _is_rl(record: RunRecords) -> bool:
+    return any(a["kind"] == RL_RETURNS for a in record.artifacts)
+
+
+def rl_tables(records: list[RunRecords]) -> list[Table]:
+    """The reinforcement-learning runs (``robustact rl``): the seed's Table 1 layout, the
+    relative change of the SAP agent's mean return over the dense agent's per game and lambda,
+    then the mean returns with their standard errors."""
+    from robustact.rl.evaluate import DENSE, relative_change
+
+    rows = [(r, [a["payload"] for a in r.artifacts if a["kind"] == RL_RETURNS])
+            for r in records]
+    rows = [(r, payloads) for r, payloads in rows if payloads]
+    if not rows:
+        return []
+    eps_values = sorted({float(p["eps"]) for _, payloads in rows for p in payloads})
+    agents = list(dict.fromkeys(p["agent"] for _, payloads in rows for p in payloads))
+    lam = [f"λ={255 * e:.3g}/255" for e in eps_values]
+    tables = []
+    for agent in (a for a in agents if a != DENSE):
+        body = []
+        for r, payloads in rows:
+            mean = {(p["agent"], float(p["eps"])): p["mean"] for p in payloads}
+            cells = []
+            for e in eps_values:
+                dense, sap = mean.get((DENSE, e)), mean.get((agent, e))
+                change = (math.nan if dense is None or sap is None
+                          else relative_change(sap, dense))
+                cells.append(Cell("n/a" if math.isnan(change) else f"{change:+.1f}",
+                                  numeric=True))
+            body.append([Cell(r.cell), Cell(str(r.get("game") or "-")), *cells])
+        tables.append(Table(f"MinAtar DDQN: relative change of the mean return, {agent} vs "
+                            "dense (%)", ["Cell", "Game", *lam], body,
+                            ["100 (R_sap - R_dense) / |R_dense| at each FGSM lambda on the "
+                             "observations, as in the seed's Table 1; n/a: the dense agent's "
+                             "mean return is 0."]))
+    body = []
+    for r, payloads in rows:
+        by = {(p["agent"], float(p["eps"])): p for p in payloads}
+        for agent in agents:
+            cells = []
+            for e in eps_values:
+                p = by.get((agent, e))
+                stderr = None if p is None else p.get("stderr")
+                text = "-" if p is None else f"{p['mean']:.2f}" + (
+                    "" if stderr is None or math.isnan(stderr) else f" ± {stderr:.2f}")
+                cells.append(Cell(text, numeric=True))
+            body.append([Cell(r.cell), Cell(str(r.get("game") or "-")), Cell(agent), *cells])
+    tables.append(Table("MinAtar DDQN: mean return per episode", ["Cell", "Game", "Agent", *lam],
+                        body, ["± one standard error over the evaluation episodes."]))
+    return tables
+
+
 def accuracy_tables(records: list[RunRecords]) -> list[Table]:
     """One table per (dataset, model) over the finished runs with results."""
     groups: dict[tuple[str, str], list[RunRecords]] = {}
@@ -428,7 +484,8 @@ def build_report(store: ResultsStore, study: str) -> Report:
     figures, notes = build_figures(records)
     return Report(study, datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC") +
                   f" by robustact {__version__}", _provenance(records),
-                  accuracy_tables(records), runs_table(records), records, figures, notes)
+                  accuracy_tables([r for r in records if not _is_rl(r)]) + rl_tables(records),
+                  runs_table(records), records, figures, notes)
 
 
 def _provenance(records: list[RunRecords]) -> list[str]:
