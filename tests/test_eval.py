@@ -137,3 +137,16 @@ def test_cli_attack_writes_json_and_csv(tmp_path: Path, capsys: pytest.CaptureFi
     assert (tmp_path / "r.csv").read_text().startswith("attack,")
     assert main(["attack", "--checkpoint", str(run), "--attacks", "pgd", "--eps", "x"]) == 2
     assert "--eps must be comma-separated" in capsys.readouterr().err
+
+
+def test_convergence_check_resolves_the_attacks_own_step_rule(relu_cnn: nn.Module,
+                                                              fmnist_test: tuple) -> None:
+    """BIM's steps="ceil" (the SAP paper's iterative attack) is a rule, not a number: the
+    convergence check doubles the resolved count (ceil(eps / step) = 8 at eps 8/255) and keeps
+    the attack's step (it crashed on int("ceil") in a study)."""
+    x, y = fmnist_test
+    report = evaluate(relu_cnn, (x[:40], y[:40]), ["fgsm", "bim:steps=ceil"], [8 / 255],
+                      probe_size=20)
+    check = next(c for c in report.diagnostics.checks if c.name == "not_converged")
+    assert check.details["settings"]["steps"] == 16
+    assert check.details["settings"]["step_size"] == pytest.approx(1 / 255)

@@ -217,12 +217,14 @@ def _check_convergence(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
                        iterative: AttackSpec, n_samples: int) -> Check:
     kwargs = dict(iterative.kwargs)
     base_acc = _probe_accuracy(model, iterative, eps, x, y, n_samples)
-    steps = int(kwargs.get("steps", 40))
+    # the attack's own resolved settings: steps may be a rule ("ceil" for BIM) or a default
+    built = iterative.build(eps)
+    steps = int(getattr(built, "steps", kwargs.get("steps", 40)))
     stronger = {**kwargs, "steps": 2 * steps}
     if _canonical(iterative.name) in ("pgd", "apgd", "apgd_ce", "apgd_dlr"):
         stronger["restarts"] = int(kwargs.get("restarts", 1)) + 2
-    if "step_size" not in kwargs and "rel_step" not in kwargs and iterative.name == "pgd":
-        stronger["step_size"] = 2.5 * eps / steps  # same step, more of them
+    if "rel_step" not in kwargs and hasattr(built, "step_size"):  # APGD adapts its own
+        stronger["step_size"] = float(built.step_size)  # same step, twice as many
     spec = AttackSpec(iterative.name, stronger, eot=iterative.eot, bpda=iterative.bpda)
     more_acc = _probe_accuracy(model, spec, eps, x, y, n_samples)
     fired = more_acc < base_acc - _tolerance(len(y))
