@@ -30,7 +30,6 @@ same configuration hash (an interrupted one resumes) and an evaluation with the 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import time
@@ -122,41 +121,12 @@ def check_evaluate(where: str, evaluate: dict[str, Any]) -> dict[str, Any]:
 
 def load_rl_study(path: str | Path, out: str | Path | None = None) -> RLStudy:
     """Read and check an RL study file (see the module docstring)."""
-    from robustact.study.config import merge
-    from robustact.train.config import load_config_file
+    from robustact.study.config import merge, read_study_layout
 
-    data = load_config_file(path)
-    unknown = sorted(set(data) - {"name", "out", "train", "grid", "cells", "evaluate"})
-    if unknown:
-        raise ConfigError(f"{path}: unknown study key(s) {', '.join(unknown)}; valid: name, "
-                          "out, train, grid, cells, evaluate")
-    name = str(data.get("name") or Path(path).stem)
-    root = Path(out or data.get("out") or f"runs/rl/{name}")
-    base = data.get("train") or {}
-    if not isinstance(base, dict):
-        raise ConfigError(f"{path}: train must be a mapping of DQN options")
-    overrides: list[tuple[str, dict[str, Any]]] = []
-    grid = data.get("grid") or {}
-    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise ConfigError(f"{path}: grid must map option names to non-empty lists")
-    if grid:
-        keys = list(grid)
-        for values in itertools.product(*(grid[k] for k in keys)):
-            cell_id = "-".join(str(v).replace("/", "_") for v in values)
-            overrides.append((cell_id, dict(zip(keys, values, strict=True))))
-    for entry in data.get("cells") or []:
-        if not isinstance(entry, dict) or not entry.get("id"):
-            raise ConfigError(f"{path}: every entry of cells needs an id, got {entry!r}")
-        entry = dict(entry)
-        overrides.append((str(entry.pop("id")), entry))
-    if not overrides:
-        raise ConfigError(f"{path}: a study needs a grid or a list of cells, e.g. "
-                          "grid: {game: [breakout]}")
-    ids = [cell_id for cell_id, _ in overrides]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ConfigError(f"{path}: duplicate cell id(s) {', '.join(duplicates)}")
-    evaluate = dict(data.get("evaluate") or {})
+    layout = read_study_layout(path, out, default_root="runs/rl",
+                               example=", e.g. grid: {game: [breakout]}")
+    name, root, base, overrides = layout.name, layout.root, layout.base, layout.cells
+    evaluate = layout.evaluate
     cells = []
     for cell_id, override in overrides:
         cell_eval = check_evaluate(f"{path}, cell {cell_id}",

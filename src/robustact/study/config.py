@@ -102,16 +102,33 @@ def _id_part(value: Any) -> str:
     return str(value).replace("/", "_").replace(" ", "")
 
 
-def load_study(path: str | Path, out: str | Path | None = None) -> StudyConfig:
-    """Read and check a study file; every cell's training options are validated now."""
+@dataclass
+class StudyLayout:
+    """What every study file shares, checked: its name, output root, base options, the cells
+    (id, overrides) expanded from the grid and the cells list, and the raw evaluate block."""
+
+    name: str
+    root: Path
+    base: dict[str, Any]
+    cells: list[tuple[str, dict[str, Any]]]
+    evaluate: dict[str, Any]
+
+
+def read_study_layout(path: str | Path, out: str | Path | None, *, default_root: str,
+                      example: str = "") -> StudyLayout:
+    """Read a study file (image or RL): the keys name, out, train, grid, cells, evaluate; the
+    grid's cross product and the listed cells as (id, overrides), ids unique. ``default_root``
+    is the output folder's parent when the file gives no ``out``."""
     data = load_config_file(path)
     unknown = sorted(set(data) - {"name", "out", "train", "grid", "cells", "evaluate"})
     if unknown:
         raise ConfigError(f"{path}: unknown study key(s) {', '.join(unknown)}; valid: name, "
                           "out, train, grid, cells, evaluate")
     name = str(data.get("name") or Path(path).stem)
-    root = Path(out or data.get("out") or f"runs/{name}")
+    root = Path(out or data.get("out") or f"{default_root}/{name}")
     base = data.get("train") or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: train must be a mapping of training options")
     overrides: list[tuple[str, dict[str, Any]]] = []
     grid = data.get("grid") or {}
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
@@ -127,12 +144,19 @@ def load_study(path: str | Path, out: str | Path | None = None) -> StudyConfig:
         entry = dict(entry)
         overrides.append((str(entry.pop("id")), entry))
     if not overrides:
-        raise ConfigError(f"{path}: a study needs a grid or a list of cells")
+        raise ConfigError(f"{path}: a study needs a grid or a list of cells{example}")
     ids = [cell_id for cell_id, _ in overrides]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ConfigError(f"{path}: duplicate cell id(s) {', '.join(duplicates)}")
-    evaluate = _check_evaluate(path, dict(data.get("evaluate") or {}))
+    return StudyLayout(name, root, base, overrides, dict(data.get("evaluate") or {}))
+
+
+def load_study(path: str | Path, out: str | Path | None = None) -> StudyConfig:
+    """Read and check a study file; every cell's training options are validated now."""
+    layout = read_study_layout(path, out, default_root="runs")
+    name, root, base, overrides = layout.name, layout.root, layout.base, layout.cells
+    evaluate = _check_evaluate(path, layout.evaluate)
     cells: list[Cell] = []
     owners: dict[str, Cell] = {}  # training hash -> the first cell with it
     for cell_id, override in overrides:
