@@ -423,24 +423,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_store(source: str) -> tuple[Any, str | None, Any]:
-    """(store, study name or None, study directory) from a YAML file, directory or .sqlite."""
+def open_study_store(source: str, load: Any = None,
+                command: str = "robustact run") -> tuple[Any, str, Any]:
+    """(store, study name, study directory) from a YAML file, directory or .sqlite; ``load``
+    reads a study YAML file (default the image studies' ``load_study``; the RL commands pass
+    theirs), ``command`` is the one that fills the store, for the error message."""
     from pathlib import Path
 
     from robustact.results import ResultsStore
 
     path = Path(source)
     if path.suffix in (".yaml", ".yml"):
-        from robustact.study import load_study
-
-        study = load_study(path)
+        if load is None:
+            from robustact.study import load_study as load
+        study = load(path)
         db, name, root = study.out / "results.sqlite", study.name, study.out
     elif path.is_dir():
         db, name, root = path / "results.sqlite", None, path
     else:
         db, name, root = path, None, path.parent
     if not db.is_file():
-        raise ConfigError(f"no results store at {db}; run the study first (robustact run ...)")
+        raise ConfigError(f"no results store at {db}; run the study first ({command} ...)")
     store = ResultsStore(db)
     if name is None:
         studies = store.studies()
@@ -452,7 +455,7 @@ def _open_store(source: str) -> tuple[Any, str | None, Any]:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    store, name, _ = _open_store(args.study)
+    store, name, _ = open_study_store(args.study)
     if args.action == "list":
         for run in store.runs(name):
             print(f"{run['cell']:<24}{run['status']:<9}{run.get('device') or '':<8}"
@@ -475,7 +478,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from robustact.report import write_report
 
-    store, name, root = _open_store(args.study)
+    store, name, root = open_study_store(args.study)
     md, html = write_report(store, name, Path(args.out) if args.out else root / "report")
     print(f"report: {html}\n        {md}")
     return 0

@@ -188,25 +188,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from robustact.results import ResultsStore
+    from robustact.cli import open_study_store
     from robustact.rl.study import load_rl_study, rl_results_table
 
-    path = Path(args.study)
-    name = None
-    if path.suffix in (".yaml", ".yml"):
-        study = load_rl_study(path)
-        db, name = study.store_path, study.name
-    else:
-        db = path / "results.sqlite" if path.is_dir() else path
-    if not db.is_file():
-        raise ConfigError(f"no results store at {db}; run the study first (robustact rl run ...)")
-    store = ResultsStore(db)
-    if name is None:
-        studies = store.studies()
-        if len(studies) != 1:
-            raise ConfigError(f"{db} holds {len(studies)} studies; name the study's YAML file")
-        name = studies[0]
+    store, name, _ = open_study_store(args.study, load=load_rl_study, command="robustact rl run")
     print(rl_results_table(store, name))
     return 0

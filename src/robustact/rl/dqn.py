@@ -53,6 +53,7 @@ from robustact.errors import CheckpointError, ConfigError
 from robustact.rl.games import MinAtarGame, check_game
 from robustact.rl.network import create_q_network, list_networks
 from robustact.rl.replay import Batch, ReplayBuffer
+from robustact.train.config import from_options
 
 OPTIMIZERS = ("adam", "rmsprop")
 CHECKPOINT_KIND = "robustact-dqn"
@@ -129,12 +130,7 @@ class DQNConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DQNConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown DQN option(s) {', '.join(unknown)}; valid: "
-                              f"{', '.join(sorted(names))}")
-        return cls(**data)
+        return from_options(cls, data, "DQN")
 
     def hash(self) -> str:
         """A short hash of what determines the trained weights (not where they go)."""

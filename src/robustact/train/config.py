@@ -7,11 +7,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from robustact.errors import ConfigError
+
+_T = TypeVar("_T")
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "onecycle", "cyclic")
@@ -163,12 +165,7 @@ class TrainConfig:
         if isinstance(self.sparsity, dict):
             self.sparsity = SparsitySchedule(**self.sparsity)
         if isinstance(self.adversarial, dict):
-            names = {f.name for f in dataclasses.fields(AdversarialTraining)}
-            unknown = sorted(set(self.adversarial) - names)
-            if unknown:
-                raise ConfigError(f"unknown adversarial option(s) {', '.join(unknown)}; "
-                                  f"valid: {', '.join(sorted(names))}")
-            self.adversarial = AdversarialTraining(**self.adversarial)
+            self.adversarial = from_options(AdversarialTraining, self.adversarial, "adversarial")
         if self.schedule == "cyclic":  # fast AT's name for the same triangle
             self.schedule = "onecycle"
         self.validate()
@@ -198,20 +195,24 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(
-                f"unknown training option(s) {', '.join(unknown)}; "
-                f"valid: {', '.join(sorted(names))}"
-            )
-        return cls(**data)
+        return from_options(cls, data, "training")
 
     def hash(self) -> str:
         """A short hash of what determines the trained weights (not where they are written)."""
         skip = {"out", "progress", "device", "metrics_file", "data_dir"}
         payload = {k: v for k, v in self.to_dict().items() if k not in skip}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def from_options(cls: type[_T], data: dict[str, Any], what: str) -> _T:
+    """``cls(**data)`` for a dataclass of options, with a one-line error naming the unknown
+    keys and the valid ones (``what``: "training", "adversarial", "DQN", ...)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown {what} option(s) {', '.join(unknown)}; "
+                          f"valid: {', '.join(sorted(names))}")
+    return cls(**data)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
