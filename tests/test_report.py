@@ -220,17 +220,18 @@ def test_activation_label_shows_the_ratio_a_sparsity_schedule_ends_with() -> Non
 
 def test_reinforcement_learning_runs_get_the_seeds_table_1_layout(tmp_path: Path) -> None:
     from robustact.report.render import RL_RETURNS
+    from robustact.rl.evaluate import AgentReturns
     from robustact.rl.study import RETURNS
 
     assert RL_RETURNS == RETURNS
     store = ResultsStore(tmp_path / "results.sqlite")
     run = store.record_run("rl", "breakout", config={"game": "breakout"}, config_hash="h",
                            status="done")
+    # AgentReturns.to_dict() payloads: two episodes each, standard error |a - b| / 2
     for agent, eps, returns in [("dense", 0.0, [4.0, 6.0]), ("sap-100", 0.0, [4.0, 5.0]),
-                                ("dense", 2 / 255, [0.0, 0.0]), ("sap-100", 2 / 255, [1.0, 1.0])]:
-        mean = sum(returns) / len(returns)
-        store.record_artifact(run, RETURNS, f"{agent}@{eps}", {
-            "agent": agent, "eps": eps, "returns": returns, "mean": mean, "stderr": 0.5})
+                                ("dense", 2 / 255, [0.0, 0.0]), ("sap-100", 2 / 255, [0.5, 1.5])]:
+        store.record_artifact(run, RETURNS, f"{agent}@{eps}", AgentReturns(
+            agent, eps, returns, frames=[100, 100]).to_dict())
     md_path, html_path = write_report(store, "rl", tmp_path / "out")
     md = md_path.read_text()
     # (4.5 - 5) / 5 = -10%; the dense agent's mean return 0 leaves the change undefined

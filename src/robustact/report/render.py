@@ -191,44 +191,35 @@ def rl_tables(records: list[RunRecords]) -> list[Table]:
     """The reinforcement-learning runs (``robustact rl``): the seed's Table 1 layout, the
     relative change of the SAP agent's mean return over the dense agent's per game and lambda,
     then the mean returns with their standard errors."""
-    from robustact.rl.evaluate import DENSE, relative_change
+    from robustact.rl.evaluate import DENSE, AgentReturns, format_change, relative_changes
 
-    rows = [(r, [a["payload"] for a in r.artifacts if a["kind"] == RL_RETURNS])
-            for r in records]
-    rows = [(r, payloads) for r, payloads in rows if payloads]
-    if not rows:
+    runs = [(r, [AgentReturns.from_dict(a["payload"]) for a in r.artifacts
+                 if a["kind"] == RL_RETURNS]) for r in records]
+    runs = [(r, rows) for r, rows in runs if rows]
+    if not runs:
         return []
-    eps_values = sorted({float(p["eps"]) for _, payloads in rows for p in payloads})
-    agents = list(dict.fromkeys(p["agent"] for _, payloads in rows for p in payloads))
+    eps_values = sorted({row.eps for _, rows in runs for row in rows})
+    agents = list(dict.fromkeys(row.agent for _, rows in runs for row in rows))
     lam = [f"λ={255 * e:.3g}/255" for e in eps_values]
     tables = []
     for agent in (a for a in agents if a != DENSE):
-        body = []
-        for r, payloads in rows:
-            mean = {(p["agent"], float(p["eps"])): p["mean"] for p in payloads}
-            cells = []
-            for e in eps_values:
-                dense, sap = mean.get((DENSE, e)), mean.get((agent, e))
-                change = (math.nan if dense is None or sap is None
-                          else relative_change(sap, dense))
-                cells.append(Cell("n/a" if math.isnan(change) else f"{change:+.1f}",
-                                  numeric=True))
-            body.append([Cell(r.cell), Cell(str(r.get("game") or "-")), *cells])
+        body = [[Cell(r.cell), Cell(str(r.get("game") or "-")),
+                 *(Cell(format_change(c), numeric=True)
+                   for c in relative_changes(rows, agent, eps_values))] for r, rows in runs]
         tables.append(Table(f"MinAtar DDQN: relative change of the mean return, {agent} vs "
                             "dense (%)", ["Cell", "Game", *lam], body,
                             ["100 (R_sap - R_dense) / |R_dense| at each FGSM lambda on the "
                              "observations, as in the seed's Table 1; n/a: the dense agent's "
                              "mean return is 0."]))
     body = []
-    for r, payloads in rows:
-        by = {(p["agent"], float(p["eps"])): p for p in payloads}
+    for r, rows in runs:
+        by = {(row.agent, row.eps): row for row in rows}
         for agent in agents:
             cells = []
             for e in eps_values:
-                p = by.get((agent, e))
-                stderr = None if p is None else p.get("stderr")
-                text = "-" if p is None else f"{p['mean']:.2f}" + (
-                    "" if stderr is None or math.isnan(stderr) else f" ± {stderr:.2f}")
+                row = by.get((agent, e))
+                text = "-" if row is None else f"{row.mean:.2f}" + (
+                    "" if math.isnan(row.stderr) else f" ± {row.stderr:.2f}")
                 cells.append(Cell(text, numeric=True))
             body.append([Cell(r.cell), Cell(str(r.get("game") or "-")), Cell(agent), *cells])
     tables.append(Table("MinAtar DDQN: mean return per episode", ["Cell", "Game", "Agent", *lam],

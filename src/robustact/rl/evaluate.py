@@ -99,6 +99,20 @@ def relative_change(r_sap: float, r_dense: float) -> float:
     return 100.0 * (r_sap - r_dense) / abs(r_dense)
 
 
+def relative_changes(rows: Sequence[AgentReturns], agent: str,
+                     eps_values: Sequence[float]) -> list[float]:
+    """Per lambda of ``eps_values``, :func:`relative_change` of ``agent``'s mean return over
+    the dense agent's in ``rows`` (nan where either is missing or undefined)."""
+    mean = {(r.agent, r.eps): r.mean for r in rows}
+    return [math.nan if (agent, e) not in mean or (DENSE, e) not in mean
+            else relative_change(mean[(agent, e)], mean[(DENSE, e)]) for e in eps_values]
+
+
+def format_change(change: float) -> str:
+    """``+12.3`` or ``n/a`` (undefined)."""
+    return "n/a" if math.isnan(change) else f"{change:+.1f}"
+
+
 def sap_agent_name(frac: float) -> str:
     """``1.0`` -> ``"sap-100"``."""
     return f"sap-{100 * frac:g}"
@@ -277,21 +291,17 @@ def returns_table(rows: Sequence[AgentReturns], title: str | None = None) -> str
     eps_values = sorted({r.eps for r in rows})
     by = {(r.agent, r.eps): r for r in rows}
     others = [a for a in agents if a != DENSE]
+    changes = {a: relative_changes(rows, a, eps_values) for a in others}
     head = ["lambda", "lambda x 255", *(f"{a} return" for a in agents),
             *(f"{a} vs dense (%)" for a in others)]
     lines = ([f"### {title}", ""] if title else []) + [
         "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for e in eps_values:
+    for i, e in enumerate(eps_values):
         cells = [f"{e:.4g}", f"{255 * e:.3g}"]
         for a in agents:
             r = by.get((a, e))
             cells.append("-" if r is None else f"{r.mean:.2f} ± {r.stderr:.2f}")
-        dense = by.get((DENSE, e))
-        for a in others:
-            r = by.get((a, e))
-            change = math.nan if r is None or dense is None else relative_change(r.mean,
-                                                                                  dense.mean)
-            cells.append("n/a" if math.isnan(change) else f"{change:+.1f}")
+        cells += [format_change(changes[a][i]) for a in others]
         lines.append("| " + " | ".join(cells) + " |")
     n = next((len(r.returns) for r in rows), 0)
     lines += ["", f"Mean return over {n} episodes ± standard error; relative change "

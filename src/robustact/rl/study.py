@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 import traceback
 from collections.abc import Callable
@@ -249,7 +248,13 @@ def rl_results_table(store: Any, study: str) -> str:
     """Markdown rendered from the store's records of ``study`` only: the relative change of
     the SAP agent's mean return over the dense agent's per game and lambda (seed 004, Table 1
     layout), then per game the mean returns with standard errors and the training budget."""
-    from robustact.rl.evaluate import DENSE, AgentReturns, relative_change, returns_table
+    from robustact.rl.evaluate import (
+        DENSE,
+        AgentReturns,
+        format_change,
+        relative_changes,
+        returns_table,
+    )
 
     runs = store.runs(study)
     if not runs:
@@ -269,13 +274,7 @@ def rl_results_table(store: Any, study: str) -> str:
                   "| cell | game | " + " | ".join(f"λ={255 * e:.3g}/255" for e in eps_values)
                   + " |", "|" + "---|" * (len(eps_values) + 2)]
         for run, rows in per_run:
-            by = {(r.agent, r.eps): r for r in rows}
-            cells = []
-            for e in eps_values:
-                dense, sap = by.get((DENSE, e)), by.get((agent, e))
-                change = (math.nan if dense is None or sap is None
-                          else relative_change(sap.mean, dense.mean))
-                cells.append("n/a" if math.isnan(change) else f"{change:+.1f}")
+            cells = [format_change(c) for c in relative_changes(rows, agent, eps_values)]
             lines.append(f"| {run['cell']} | {(run['config'] or {}).get('game', '-')} | "
                          + " | ".join(cells) + " |")
         lines += ["", "n/a: the dense agent's mean return is 0 (relative change undefined).", ""]
