@@ -321,8 +321,7 @@ class _Guard:
         if acc > self.best_acc:
             self.best_acc, self.best_epoch = acc, epoch + 1
             # tensors and extra state (k-WTA's ratio, KAF's settings) alike
-            self.best_state = {k: v.detach().clone() if isinstance(v, torch.Tensor)
-                               else copy.deepcopy(v) for k, v in model.state_dict().items()}
+            self.best_state = copy.deepcopy(model.state_dict())
             return round(acc, 6), None
         if acc >= self.best_acc - self.drop or self.best_state is None:
             return round(acc, 6), None
