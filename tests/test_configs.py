@@ -37,3 +37,25 @@ def test_config_loads(path: Path) -> None:
         assert config.model in list_models()
         assert config.dataset in list_datasets()
         ACTIVATIONS.get(config.activation)  # raises on an unknown name
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs" / "kaf")
+                                        .glob("*.yaml")), ids=lambda p: p.name)
+def test_kaf_studies_compare_the_thesis_activations(path: Path) -> None:
+    """The thesis' eight activations, the random-init KAFs drawn as in the thesis code (std
+    0.05; the reference code's 0.8 stalls at chance under the shared fast-AT recipe)."""
+    from robustact.activations.kaf import KAF, THESIS_INIT_STD
+
+    study = load_study(path)
+    cells = {cell.id: cell.train for cell in study.cells}
+    assert set(cells) == {"relu", "elu", "swish", "kaf", "kaf_relu", "kaf_elu", "kaf_swish",
+                          "kaf_free"}
+    for cell_id in ("kaf", "kaf_free"):
+        layer = ACTIVATIONS.get(cells[cell_id].activation)(**cells[cell_id].act_kwargs)
+        assert isinstance(layer, KAF) and layer.init == "normal"
+        assert layer.init_std == THESIS_INIT_STD
+    # the activation is the only difference between the cells
+    shared = {k: v for k, v in cells["relu"].to_dict().items()
+              if k not in ("activation", "act_kwargs", "out")}
+    for config in cells.values():
+        assert {k: v for k, v in config.to_dict().items() if k in shared} == shared
