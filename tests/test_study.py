@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -70,11 +71,26 @@ def test_study_runs_cells_skips_finished_work_and_records_failures(tmp_path: Pat
     assert main(["report", study_file]) == 0
     html = (tmp_path / "out" / "report" / "report.html").read_text()
     assert "<svg" in html and "kwta" in html and "failed" in html.lower()
-    # a changed evaluation suite re-evaluates without retraining
+    # a changed evaluation suite marks the cell stale, then re-evaluates without retraining
+    from robustact.study.runner import collect_results
+
+    def status(cell_id: str) -> tuple[str, str | None]:
+        row = next(r for r in collect_results(study) if r["cell"] == cell_id)
+        return row["status"], row["error"]
+
+    assert status("relu-0") == ("done", None)
     cell = study.cell("relu-0")
     cell.evaluate = {**cell.evaluate, "attacks": ["fgsm"]}
+    assert status("relu-0")[0] == "stale" and "evaluated with other" in status("relu-0")[1]
     run_study(study, cells=["relu-0"], log=logs.append)
     assert ckpt.stat().st_mtime_ns == stamps[0] and robustness.stat().st_mtime_ns != stamps[1]
+    assert status("relu-0") == ("done", None)
+    # changed training options: stale, and a rerun says how to retrain instead of mixing runs
+    cell.train = dataclasses.replace(cell.train, lr=0.01)
+    assert status("relu-0")[0] == "stale" and "trained with other" in status("relu-0")[1]
+    (result,) = run_study(study, cells=["relu-0"], log=logs.append)
+    assert result.status == "failed" and "move it away" in result.error
+    assert ckpt.stat().st_mtime_ns == stamps[0]
 
 
 def test_study_resumes_an_interrupted_cell(tmp_path: Path) -> None:

@@ -76,10 +76,13 @@ def run_cell(study: StudyConfig, cell: Cell, *, log: Any = print) -> CellResult:
         if source and not Path(source).exists() and cell.needs:
             raise ConfigError(f"cell {cell.id} fine-tunes from cell {cell.needs[0]}, which has "
                               "no checkpoint yet; run that cell first")
-        summary = tdir / "summary.json"
-        if summary.exists() and json.loads(summary.read_text()).get(
-                "config_hash") == cell.train.hash():
+        trained_hash = (_read(tdir / "summary.json") or {}).get("config_hash")
+        if trained_hash == cell.train.hash():
             log(f"[{cell.id}] trained earlier: {tdir}")
+        elif trained_hash is not None:
+            raise ConfigError(
+                f"{tdir} holds a run trained with other options (the study file changed); "
+                f"move it away (mv {tdir} {tdir}.old) and rerun to retrain cell {cell.id}")
         else:
             resume = (tdir / "checkpoint.pt").exists()
             log(f"[{cell.id}] {'resuming' if resume else 'training'} -> {tdir}")
@@ -303,6 +306,10 @@ def collect_results(study: StudyConfig) -> list[dict[str, Any]]:
         status = _read(out / "cell.json") or {"status": "not run"}
         summary = _read(cell.train_dir / "summary.json") or {}
         record = _read(out / f"{ROBUSTNESS}.json") or {}
+        if status.get("status") == "done":
+            stale = _stale(cell, summary, record)
+            if stale:
+                status = {"status": "stale", "error": stale}
         history = _read_history(cell.train_dir)
         row: dict[str, Any] = {
             "cell": cell.id, "status": status.get("status"), "error": status.get("error"),
@@ -323,6 +330,16 @@ def collect_results(study: StudyConfig) -> list[dict[str, Any]]:
         }
         rows.append(row)
     return rows
+
+
+def _stale(cell: Cell, summary: dict[str, Any], record: dict[str, Any]) -> str | None:
+    """Why a finished cell's files no longer match the study file, or None."""
+    if summary.get("config_hash") not in (None, cell.train.hash()):
+        return "trained with other options than the study file's; rerun the cell"
+    if cell.evaluate and record and record.get("evaluate_hash") != _evaluate_hash(
+            cell, cell.evaluate):
+        return "evaluated with other settings than the study file's; rerun the cell"
+    return None
 
 
 def _read_history(out: Path) -> list[dict[str, Any]]:
