@@ -93,6 +93,27 @@ def test_diagnostics_fire_on_a_quantizing_input_layer(relu_cnn: nn.Module,
     assert bpda.accuracy("pgd+bpda", 0.15) < plain - 0.2
 
 
+def test_diagnostics_flag_a_near_constant_model(relu_cnn: nn.Module,
+                                                fmnist_test: tuple) -> None:
+    """A diverged network that answers one class looks robust: no attack changes a constant
+    answer. The diagnostics say its robust accuracy is not meaningful."""
+    x, y = fmnist_test
+    x, y = x[:100], y[:100]
+    biased = nn.Sequential(relu_cnn, nn.Linear(10, 10)).eval()
+    with torch.no_grad():  # the logit of class 3 dwarfs the network's own logits
+        biased[1].weight.copy_(0.01 * torch.eye(10))
+        biased[1].bias.zero_()
+        biased[1].bias[3] = 100.0
+    report = evaluate(biased, (x, y), ["pgd:steps=10"], [0.15], probe_size=20)
+    check = next(c for c in report.diagnostics.checks if c.name == "degenerate_predictions")
+    assert check.fired and check.details["top_class"] == 3 and check.details["top_share"] == 1.0
+    assert report.clean_accuracy == pytest.approx((y == 3).float().mean().item())
+    assert report.diagnostics.verdict.startswith("robust accuracy not meaningful: ")
+    healthy = evaluate(relu_cnn, (x, y), ["fgsm"], [0.15], probe_size=20)
+    check = next(c for c in healthy.diagnostics.checks if c.name == "degenerate_predictions")
+    assert not check.fired and check.details["accuracy"] > 0.5
+
+
 def test_wrappers_leave_the_model_in_eval_mode(relu_cnn: nn.Module,
                                                fmnist_test: tuple) -> None:
     x, y = fmnist_test

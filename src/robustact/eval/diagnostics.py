@@ -12,6 +12,11 @@ AutoAttack's warnings and Pintor et al. 2022's indicators of attack failure:
 - ``loss_not_rising``: an iterative attack's loss did not increase over its iterations;
 - ``not_converged``: twice the iterations and more restarts still lower the accuracy.
 
+One more check is not about the attacks: ``degenerate_predictions`` fires when the model gives
+(nearly) the same answer to every input, or is no better than always answering the most common
+label. Such a model (e.g. a training run that diverged) looks robust, since no perturbation
+changes a constant answer; its robust accuracy says nothing about a defense.
+
 The probes run on up to ``probe_size`` clean-correct examples at the largest evaluated eps.
 """
 
@@ -28,6 +33,7 @@ from robustact.eval.robustness import AttackSpec, RobustnessReport, predict
 
 ITERATIVE = ("pgd", "bim", "mifgsm", "apgd", "apgd_ce", "apgd_dlr")
 NO_MASKING = "no sign of gradient masking"
+DEGENERATE = "degenerate_predictions"
 
 
 @dataclass
@@ -51,7 +57,12 @@ class Diagnostics:
         fired = self.fired
         if not fired:
             return NO_MASKING
-        return "gradient masking suspected: " + ", ".join(c.name for c in fired)
+        masking = ", ".join(c.name for c in fired if c.name != DEGENERATE)
+        masking = "gradient masking suspected: " + masking if masking else ""
+        if any(c.name == DEGENERATE for c in fired):  # the first thing to know
+            return "; ".join(filter(None, [f"robust accuracy not meaningful: {DEGENERATE}",
+                                           masking]))
+        return masking
 
     def to_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict,
@@ -81,6 +92,7 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, report: Robustn
     iterative = next((s for s in white if _canonical(s.name) in ITERATIVE),
                      AttackSpec("pgd", {"steps": 20, "norm": norm}))
     checks = [
+        _check_degenerate(model, x, y, n_samples),
         _check_randomized(model, px, specs),
         _check_bad_gradients(report),
         _check_loss_trace(report),
@@ -109,6 +121,28 @@ def _probe_accuracy(model: nn.Module, spec: AttackSpec, eps: float, x: torch.Ten
                     y: torch.Tensor, n_samples: int) -> float:
     result = spec.build(eps)(spec.wrap(model), x, y)
     return (predict(model, result.x_adv, n_samples).cpu() == y).float().mean().item()
+
+
+def _check_degenerate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      n_samples: int) -> Check:
+    """Near-constant predictions, or clean accuracy no better than the majority label's rate."""
+    pred = predict(model, x, n_samples).cpu()
+    labels = y.cpu()
+    n = max(len(labels), 1)
+    top_class = int(pred.mode().values) if len(pred) else -1
+    top_share = (pred == top_class).float().mean().item() if len(pred) else 0.0
+    majority = (labels.bincount().max().item() / n) if len(labels) else 0.0
+    accuracy = (pred == labels).float().mean().item() if len(labels) else 0.0
+    constant = top_share >= max(0.5, 2 * majority)
+    chance = accuracy <= majority + _tolerance(n)
+    fired = len(labels) > 0 and (constant or chance)
+    message = (f"{100 * top_share:.1f}% of the {len(labels)} predictions are class {top_class} "
+               f"(most common label {100 * majority:.1f}%); clean accuracy {100 * accuracy:.1f}%")
+    message += (": robust accuracy of a near-constant or chance-level model measures no defense"
+                if fired else "")
+    return Check(DEGENERATE, fired, message,
+                 {"top_class": top_class, "top_share": top_share, "majority_label": majority,
+                  "accuracy": accuracy})
 
 
 def _check_randomized(model: nn.Module, x: torch.Tensor, specs: list[AttackSpec]) -> Check:
