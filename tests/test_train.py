@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,53 @@ def test_atomic_save_and_truncated_checkpoint(tmp_path: Path) -> None:
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nothing")
+
+
+def test_lr_range_test_learns_then_diverges(tmp_path: Path) -> None:
+    from robustact.train.lr_find import lr_range_test, write_range_test
+
+    config = tiny(tmp_path, activation="relu", act_kwargs={}, train_subset=1024)
+    result = lr_range_test(config, start=1e-4, end=100.0, steps=60, beta=0.8)
+    # the lr grows geometrically from start to end over the planned steps
+    for i, lr in enumerate(result.lrs):
+        assert lr == pytest.approx(1e-4 * (100.0 / 1e-4) ** (i / 59))
+    # SGD with momentum cannot survive lr 100: the test stops on its own
+    assert result.stopped == "diverged" and len(result.lrs) < 60
+    # the smoothed curve is the bias-corrected moving average of the raw losses
+    average = 0.0
+    for i, (raw, smooth) in enumerate(zip(result.losses, result.smoothed, strict=True)):
+        if not torch.isfinite(torch.tensor(raw)):
+            break
+        average = 0.8 * average + 0.2 * raw
+        assert smooth == pytest.approx(average / (1 - 0.8 ** (i + 1)))
+    # in between, the network learned: the loss fell well below its start (ln 10 = 2.30)
+    assert min(result.smoothed) < result.smoothed[0] - 0.5
+    assert 1e-4 < result.lr_steepest <= result.lr_min_loss < 100.0
+    path = write_range_test(result, config, tmp_path / "lrf")
+    svg = (tmp_path / "lrf" / "lr_find.svg").read_text()
+    assert path.exists() and 'data-series="smoothed"' in svg and 'data-series="loss"' in svg
+
+
+def test_range_test_readings() -> None:
+    from robustact.train.lr_find import RangeTest
+
+    lrs = [10.0 ** e for e in range(-5, 1)]  # one decade per step
+    curve = RangeTest(lrs, [0.0] * 6, [2.3, 2.2, 1.5, 1.2, 1.1, 3.0])
+    assert curve.lr_min_loss == 1e-1  # smallest smoothed loss
+    assert curve.lr_steepest == pytest.approx(1e-4)  # 2.2 -> 1.5 is the steepest fall
+    assert "steepest descent at lr 0.0001" in curve.table()
+
+
+def test_lr_find_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from robustact.cli import main
+
+    base = ["lr-find", "--model", "small_cnn", "--dataset", "fashion_mnist", "--train-subset",
+            "512", "--batch-size", "32", "--device", "cpu", "--no-progress"]
+    assert main([*base, "--adv", "fgsm", "--adv-eps", "0.1", "--steps", "8",
+                 "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "lr_find.json").read_text())
+    assert len(saved["lrs"]) == 8 and saved["config"]["adversarial"]["method"] == "fgsm"
+    assert saved["lrs"][0] == pytest.approx(1e-5) and saved["lrs"][-1] == pytest.approx(1.0)
+    assert "steepest descent" in capsys.readouterr().out
+    assert main([*base, "--start-lr", "1", "--end-lr", "0.1"]) == 2
+    assert "0 < start < end" in capsys.readouterr().err

@@ -49,9 +49,24 @@ examples:
 """
 
 
-def _add_train_parser(sub: Any) -> None:
-    p = sub.add_parser("train", help="train a model (checkpoint every epoch, resumable)",
-                       epilog=TRAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+LR_FIND_EXAMPLE = """\
+examples:
+  # the KAF thesis picked each activation's one-cycle bounds with this test (fast AT here)
+  robustact lr-find --model small_cnn --dataset fashion_mnist --activation kaf \\
+      --act-arg init_std=0.05 --adv fgsm --adv-eps 0.1 --out runs/lr_find/kaf
+  robustact lr-find --config configs/kwta02.yaml --start-lr 1e-4 --end-lr 10 --steps 150
+"""
+
+
+def _add_train_parser(sub: Any, command: str = "train") -> Any:
+    if command == "train":
+        p = sub.add_parser("train", help="train a model (checkpoint every epoch, resumable)",
+                           epilog=TRAIN_EXAMPLE,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    else:
+        p = sub.add_parser(
+            command, epilog=LR_FIND_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+            help="learning-rate range test: train with an exponentially growing lr, plot the loss")
     p.add_argument("--config", help="YAML file of training options; flags override it")
     what = p.add_argument_group("what to train")
     what.add_argument("--model", help="network name (robustact list models)")
@@ -109,10 +124,23 @@ def _add_train_parser(sub: Any) -> None:
     run = p.add_argument_group("run")
     run.add_argument("--seed", type=int)
     run.add_argument("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    run.add_argument("--out", help="output directory (checkpoint, metrics, config)")
-    run.add_argument("--metrics-file", help="metrics file name, .jsonl or .csv")
-    run.add_argument("--resume", action="store_true", help="continue the run in --out")
     run.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    if command == "train":
+        run.add_argument("--out", help="output directory (checkpoint, metrics, config)")
+        run.add_argument("--metrics-file", help="metrics file name, .jsonl or .csv")
+        run.add_argument("--resume", action="store_true", help="continue the run in --out")
+        return p
+    run.add_argument("--out", help="where lr_find.json and lr_find.svg go (runs/lr_find)")
+    p.set_defaults(metrics_file=None)
+    rt = p.add_argument_group("range test")
+    rt.add_argument("--start-lr", type=float, default=1e-5, help="first lr (default 1e-5)")
+    rt.add_argument("--end-lr", type=float, default=1.0, help="last lr (default 1)")
+    rt.add_argument("--steps", type=int, default=100, help="batches (default 100)")
+    rt.add_argument("--beta", type=float, default=0.9,
+                    help="smoothing of the loss curve (moving average, default 0.9)")
+    rt.add_argument("--diverge", type=float, default=4.0,
+                    help="stop when the smoothed loss exceeds this factor times its minimum")
+    return p
 
 
 def _add_eval_parser(sub: Any) -> None:
@@ -191,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"robustact {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train_parser(sub)
+    _add_train_parser(sub, "lr-find")
     _add_eval_parser(sub)
     _add_attack_parser(sub)
     from robustact.rl.cli import add_rl_parser  # argparse only; torch loads when it runs
@@ -314,6 +343,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0  # under torchrun, rank 0 reports
     print(f"test accuracy {100 * result.test_accuracy:.2f}%{kept} after {final['epoch']} epochs; "
           f"checkpoint {result.checkpoint}")
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from robustact.train import TrainConfig
+    from robustact.train.lr_find import lr_range_test, write_range_test
+
+    options = train_options(args)
+    out = options.pop("out", None) or "runs/lr_find"
+    config = TrainConfig.from_dict(options)
+    result = lr_range_test(config, start=args.start_lr, end=args.end_lr, steps=args.steps,
+                           beta=args.beta, diverge=args.diverge)
+    path = write_range_test(result, config, out)
+    print(result.table())
+    print(f"curve: {path} and {path.with_suffix('.svg')}")
     return 0
 
 
@@ -514,9 +558,9 @@ def cmd_rl(args: argparse.Namespace) -> int:
     return run_rl(args)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "attack": cmd_attack, "run": cmd_run,
-            "results": cmd_results, "report": cmd_report, "list": cmd_list, "data": cmd_data,
-            "rl": cmd_rl}
+COMMANDS = {"train": cmd_train, "lr-find": cmd_lr_find, "eval": cmd_eval, "attack": cmd_attack,
+            "run": cmd_run, "results": cmd_results, "report": cmd_report, "list": cmd_list,
+            "data": cmd_data, "rl": cmd_rl}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

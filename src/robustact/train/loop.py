@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,19 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
         params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
         nesterov=config.nesterov,
     )
+
+
+def build_trainable(config: TrainConfig, device: torch.device,
+                    example: Callable[[], torch.Tensor]) -> nn.Module:
+    """``config``'s network on ``device``, ready for its optimizer: lazy parameters (KAF)
+    created from ``example()`` (a small input batch, asked for only when needed), the
+    ``finetune_from`` weights loaded."""
+    model = build_model(config.to_dict()).to(device)
+    if any(is_lazy(p) for p in model.parameters()):  # e.g. KAF: shapes from a real batch
+        initialize_lazy(model, example())
+    if config.finetune_from:
+        _load_finetune_weights(model, config)
+    return model
 
 
 def train(config: TrainConfig, *, resume: bool = False, log: Any = print) -> TrainResult:
@@ -116,11 +130,7 @@ def _train(config: TrainConfig, resume: bool, log: Any, ctx: DistContext,
     test_loader = BatchLoader(test_set, batch_size=max(256, config.batch_size), device=device,
                               resize=config.resize)
 
-    model = build_model(config.to_dict()).to(device)
-    if any(is_lazy(p) for p in model.parameters()):  # e.g. KAF: shapes from a real batch
-        initialize_lazy(model, next(iter(test_loader))[0][:2])
-    if config.finetune_from:
-        _load_finetune_weights(model, config)
+    model = build_trainable(config, device, lambda: next(iter(test_loader))[0][:2])
     optimizer = make_optimizer(config, model)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is not None)
 

@@ -1,0 +1,191 @@
+"""Learning-rate range test (Smith 2017, "Cyclical learning rates"), as the KAF thesis used to
+pick each activation's one-cycle bounds.
+
+The network trains for ``steps`` batches with the configuration's optimizer, data and
+adversarial training while the learning rate grows exponentially from ``start`` to ``end``;
+the loss is recorded at every step and smoothed with a bias-corrected moving average. The test
+stops early once the smoothed loss exceeds ``diverge`` times its minimum (or is not finite).
+
+Reading the curve: where the loss starts to fall is a one-cycle schedule's lowest lr; where it
+falls fastest (``lr_steepest``) and where it bottoms out (``lr_min_loss``) bracket the peak.
+The thesis picked its maximum near the plateau/minimum (e.g. 0.08 for the ReLU VGG); the
+common rule of thumb takes ``lr_min_loss / 10``. Both are reported, neither is applied: the
+test trains a throw-away copy, nothing is saved but the curve.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustact.device import amp_dtype, select_device
+from robustact.errors import ConfigError
+from robustact.train.config import TrainConfig
+
+
+@dataclass
+class RangeTest:
+    """The curve of one range test; ``stopped``: "end" or "diverged"."""
+
+    lrs: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    smoothed: list[float] = field(default_factory=list)
+    stopped: str = "end"
+
+    @property
+    def lr_min_loss(self) -> float:
+        """The lr at the smallest smoothed loss."""
+        return self.lrs[min(range(len(self.smoothed)), key=self.smoothed.__getitem__)]
+
+    @property
+    def lr_steepest(self) -> float:
+        """The lr where the smoothed loss falls fastest per decade of lr, up to its minimum."""
+        end = min(range(len(self.smoothed)), key=self.smoothed.__getitem__)
+        if end < 1:
+            return self.lrs[0]
+        logs = [math.log(v) for v in self.lrs[:end + 1]]
+        slopes = [(self.smoothed[i + 1] - self.smoothed[i]) / (logs[i + 1] - logs[i])
+                  for i in range(end)]
+        return self.lrs[min(range(end), key=slopes.__getitem__)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "lr_min_loss": self.lr_min_loss,
+                "lr_steepest": self.lr_steepest}
+
+    def table(self, rows: int = 12) -> str:
+        """Every few steps as a text table, then the two readings."""
+        every = max(1, len(self.lrs) // rows)
+        lines = ["    step          lr      loss  smoothed"]
+        for i in list(range(0, len(self.lrs), every)) + [len(self.lrs) - 1]:
+            lines.append(f"{i + 1:8d}  {self.lrs[i]:10.3g}  {self.losses[i]:8.4f}  "
+                         f"{self.smoothed[i]:8.4f}")
+        lines = list(dict.fromkeys(lines))  # the last step may already be listed
+        lines.append(f"steepest descent at lr {self.lr_steepest:.3g}; smallest loss at lr "
+                     f"{self.lr_min_loss:.3g} (rule of thumb for the peak: "
+                     f"{self.lr_min_loss / 10:.3g}); stopped: {self.stopped}")
+        return "\n".join(lines)
+
+
+def lr_range_test(config: TrainConfig, *, start: float = 1e-5, end: float = 1.0,
+                  steps: int = 100, beta: float = 0.9, diverge: float = 4.0) -> RangeTest:
+    """Run the range test for ``config`` (its model, data, optimizer, adversarial training,
+    gradient clipping and AMP; its schedule and epochs are ignored). Returns the curve."""
+    from robustact.data import BatchLoader, load_dataset
+    from robustact.train.loop import _adversarial_batch, build_trainable, make_optimizer
+
+    if not (0 < start < end and math.isfinite(end)):
+        raise ConfigError(f"the range test needs 0 < start < end, got start {start}, end {end}")
+    if steps < 2:
+        raise ConfigError(f"the range test needs steps >= 2, got {steps}")
+    if not 0 <= beta < 1:
+        raise ConfigError(f"smoothing beta must be in [0, 1), got {beta}")
+    if diverge <= 1:
+        raise ConfigError(f"diverge must be > 1 (a factor over the best loss), got {diverge}")
+    device = select_device(config.device)
+    use_amp = config.amp if config.amp is not None else device.type == "cuda"
+    dtype = amp_dtype(device) if use_amp else None
+    if use_amp and dtype is None:
+        raise ConfigError(f"mixed precision (amp) is supported on CUDA only, not on {device.type}")
+    torch.manual_seed(config.seed)
+    train_set = load_dataset(config.dataset, "train", data_dir=config.data_dir)
+    if config.train_subset:
+        train_set = train_set.subset(config.train_subset)
+    loader = BatchLoader(train_set, batch_size=config.batch_size, shuffle=True,
+                         augment=config.augment, seed=config.seed, device=device,
+                         resize=config.resize)
+    model = build_trainable(config, device, lambda: next(iter(loader))[0][:2])
+    optimizer = make_optimizer(config, model)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is not None)
+    attack = config.adversarial.attack() if config.adversarial is not None else None
+    model.train()
+    result = RangeTest()
+    best, average = math.inf, 0.0
+    bar = _bar(steps, config.progress)
+    batches = _forever(loader)
+    for i in range(steps):
+        lr = start * (end / start) ** (i / (steps - 1))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = next(batches)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            if attack is not None:
+                x = _adversarial_batch(attack, model, x, y, config.adversarial.fraction)
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.grad_clip is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        value = loss.item()  # one sync per step: the test must see a divergence at once
+        result.lrs.append(lr)
+        result.losses.append(value)
+        if not math.isfinite(value):
+            result.smoothed.append(math.inf)
+            result.stopped = "diverged"
+            break
+        average = beta * average + (1 - beta) * value
+        smooth = average / (1 - beta ** (i + 1))
+        result.smoothed.append(smooth)
+        best = min(best, smooth)
+        bar.update(1)
+        bar.set_postfix(lr=f"{lr:.3g}", loss=f"{smooth:.3f}")
+        if smooth > diverge * best:
+            result.stopped = "diverged"
+            break
+    bar.close()
+    if not any(math.isfinite(v) for v in result.smoothed):
+        raise ConfigError(f"the loss was not finite from the first step (lr {start:g}); "
+                          "lower --start-lr")
+    return result
+
+
+def write_range_test(result: RangeTest, config: TrainConfig, out: str | Path) -> Path:
+    """``lr_find.json`` (the curve, its readings, the configuration) and ``lr_find.svg`` in
+    ``out``; returns the JSON path."""
+    from robustact.report.svg import Panel, Series, color, panels_svg, svg_file_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "lr_find.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**result.to_dict(), "config": config.to_dict()}, indent=1,
+                              default=str))
+    tmp.replace(path)
+    logs = [math.log10(v) for v in result.lrs]
+    # up to 1.5x the starting loss: the divergence at the end would squash the curve
+    top = 1.5 * result.smoothed[0]
+
+    def shown(values: list[float]) -> list[float | None]:
+        return [v if math.isfinite(v) and v <= top else None for v in values]
+
+    panel = Panel(f"range test: {config.model}, {config.activation}", "log10 lr", "loss", [
+        Series("loss", logs, shown(result.losses), color(1)),
+        Series("smoothed", logs, shown(result.smoothed), color(0)),
+    ])
+    (out / "lr_find.svg").write_text(svg_file_text(panels_svg([panel], columns=1)))
+    return path
+
+
+def _forever(loader: Any) -> Any:
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _bar(total: int, progress: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    # disable=None: no bar when stderr is not a terminal (CI logs, files)
+    return tqdm(total=total, unit="step", desc="lr range test", disable=None if progress else True,
+                leave=False)
