@@ -412,6 +412,20 @@ def test_bad_rl_study_files(tmp_path: Path) -> None:
         load_rl_study(path)
 
 
+def test_rl_study_files_are_told_apart(tmp_path: Path) -> None:
+    """``robustact report``/``results`` read an RL study file with the RL loader."""
+    from robustact.rl.study import is_rl_study_file
+
+    configs = Path(__file__).parents[1] / "configs"
+    assert is_rl_study_file(configs / "rl" / "minatar.yaml")
+    assert not is_rl_study_file(configs / "kaf" / "fashion_mnist.yaml")
+    path = tmp_path / "s.yaml"
+    path.write_text("train: {frames: 10}\ngrid: {game: [breakout]}\n")
+    assert is_rl_study_file(path)
+    path.write_text("train: [unclosed\n")
+    assert not is_rl_study_file(path)  # the loader then says what is wrong
+
+
 def test_parse_eps() -> None:
     assert parse_eps("4/255") == pytest.approx(4 / 255) and parse_eps(0) == 0.0
     for bad in ("x/255", "2", True, "1/0"):

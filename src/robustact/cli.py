@@ -456,7 +456,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.study, out=args.out)
     if args.list:
         for row in collect_results(study):
-            print(f"{row['cell']:<24}{row['status'] or 'not run'}")
+            why = f" ({row['error']})" if row["status"] == "stale" else ""
+            print(f"{row['cell']:<24}{row['status'] or 'not run'}{why}")
         return 0
     results = run_study(study, cells=args.cell or None, jobs=args.jobs)
     print((study.out / "results.md").read_text())
@@ -479,7 +480,12 @@ def open_study_store(source: str, load: Any = None,
     path = Path(source)
     if path.suffix in (".yaml", ".yml"):
         if load is None:
-            from robustact.study import load_study as load
+            from robustact.rl.study import is_rl_study_file
+
+            if is_rl_study_file(path):
+                from robustact.rl.study import load_rl_study as load
+            else:
+                from robustact.study import load_study as load
         study = load(path)
         db, name, root = study.out / "results.sqlite", study.name, study.out
     elif path.is_dir():

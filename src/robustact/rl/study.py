@@ -118,6 +118,21 @@ def check_evaluate(where: str, evaluate: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def is_rl_study_file(path: str | Path) -> bool:
+    """Whether a study file describes RL cells (a ``game`` in its grid or cells)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # the study loader reports what is wrong with the file
+    if not isinstance(data, dict):
+        return False
+    grid = data.get("grid") if isinstance(data.get("grid"), dict) else {}
+    cells = data.get("cells") if isinstance(data.get("cells"), list) else []
+    return "game" in grid or any(isinstance(c, dict) and "game" in c for c in cells)
+
+
 def load_rl_study(path: str | Path, out: str | Path | None = None) -> RLStudy:
     """Read and check an RL study file (see the module docstring)."""
     from robustact.study.config import merge, read_study_layout
