@@ -267,13 +267,7 @@ def _run_epoch(
         if device.type == "cpu" and not torch.isfinite(loss):
             raise ConfigError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
                               "lower --lr or set --grad-clip")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if config.grad_clip is not None:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(config, model, optimizer, scaler, loss)
         loss_sum += loss.detach().float() * y.shape[0]
         correct += (logits.detach().argmax(1) == y).sum()
         seen += y.shape[0]
@@ -299,6 +293,18 @@ def _run_epoch(
         "images_per_s": round(seen / seconds, 1),  # all processes together
         "seconds": round(seconds, 3),
     }
+
+
+def optimizer_step(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, loss: torch.Tensor) -> None:
+    """Backward (scaled under AMP), gradient clipping if configured, one optimizer step."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if config.grad_clip is not None:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def _adversarial_batch(attack: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

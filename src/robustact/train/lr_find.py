@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from robustact.device import amp_dtype, select_device
 from robustact.errors import ConfigError
@@ -78,7 +77,12 @@ def lr_range_test(config: TrainConfig, *, start: float = 1e-5, end: float = 1.0,
     """Run the range test for ``config`` (its model, data, optimizer, adversarial training,
     gradient clipping and AMP; its schedule and epochs are ignored). Returns the curve."""
     from robustact.data import BatchLoader, load_dataset
-    from robustact.train.loop import _adversarial_batch, build_trainable, make_optimizer
+    from robustact.train.loop import (
+        _adversarial_batch,
+        build_trainable,
+        make_optimizer,
+        optimizer_step,
+    )
 
     if not (0 < start < end and math.isfinite(end)):
         raise ConfigError(f"the range test needs 0 < start < end, got start {start}, end {end}")
@@ -118,13 +122,7 @@ def lr_range_test(config: TrainConfig, *, start: float = 1e-5, end: float = 1.0,
             if attack is not None:
                 x = _adversarial_batch(attack, model, x, y, config.adversarial.fraction)
             loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if config.grad_clip is not None:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(config, model, optimizer, scaler, loss)
         value = loss.item()  # one sync per step: the test must see a divergence at once
         result.lrs.append(lr)
         result.losses.append(value)
