@@ -239,3 +239,41 @@ def test_reinforcement_learning_runs_get_the_seeds_table_1_layout(tmp_path: Path
     assert "| breakout | breakout | sap-100 | 4.50 ± 0.50 | 1.00 ± 0.50 |" in md
     assert "A_std" not in md  # no empty image-classification table for RL runs
     assert "λ=2/255" in html_path.read_text()
+
+
+def test_paired_differences_to_the_relu_cell(tmp_path: Path) -> None:
+    """The paired table recomputes, from the stored per-example outcomes, what the two
+    evaluations' own masks give: mean difference and its normal-approximation interval."""
+    from robustact.report.render import build_report
+
+    x, y = tiny_data()
+    store = ResultsStore(tmp_path / "results.sqlite")
+    reports = {}
+    for seed, (cell, activation) in enumerate([("swish", "swish"), ("relu", "relu"),
+                                               ("weak", "relu")]):
+        torch.manual_seed(seed)
+        model = tiny_model(x, y) if cell != "weak" else nn.Sequential(
+            nn.Flatten(), nn.Linear(16, 3)).eval()
+        report = evaluate(model, (x, y), ["fgsm", "pgd:steps=3"], [0.05, 0.2], diagnose=False)
+        run = store.record_run("paired", cell, config={"model": "mlp", "dataset": "toy",
+                                                       "activation": activation},
+                               config_hash=cell, status="done")
+        store.record_robustness(run, {"checkpoint": cell, "model": "mlp", "dataset": "toy",
+                                      "activation": activation, "split": "test",
+                                      **report.to_dict()})
+        reports[cell] = report
+    table = next(t for t in build_report(store, "paired").tables if t.title.startswith("Paired"))
+    assert table.title == "Paired differences to relu"  # the ReLU run, not the first one
+    assert [row[0].text for row in table.rows] == ["swish", "weak"]
+    assert table.rows[1][3].text.startswith("-")  # an untrained model is clearly worse
+    base = reports["relu"]
+    for row in table.rows:
+        other = reports[row[0].text]
+        columns = [(other.clean_correct, base.clean_correct)] + [
+            (other.worst_case(e), base.worst_case(e)) for e in (0.05, 0.2)]
+        for cell, (a, b) in zip(row[3:], columns, strict=True):
+            d = a.float() - b.float()
+            half = 1.959964 * d.std().item() / len(d) ** 0.5
+            mean = d.mean().item()
+            assert cell.text == (f"{100 * mean:+.1f} ({100 * (mean - half):+.1f}, "
+                                 f"{100 * (mean + half):+.1f})")

@@ -6,7 +6,8 @@ writes ``report.md`` (tables; figures linked from ``figures/*.svg`` beside it) a
 ``report.html`` (self-contained: inline CSS, the same figures inlined as SVG, no external
 resources). Contents: provenance (date, code and package versions), one table per dataset and
 model in the seed papers' layout (Activation | training | A_std | each attack at each eps |
-worst case | verdict, with 95% intervals), robust accuracy against eps, training curves, the
+worst case | verdict, with 95% intervals), the paired differences to the ReLU cell on the same
+images, robust accuracy against eps, training curves, the
 runs' provenance, per-cell diagnostics, reliability diagrams (``calibration`` artifacts), loss
 landscapes (``landscape`` artifacts) and the failed cells with their errors.
 """
@@ -253,7 +254,85 @@ def accuracy_tables(records: list[RunRecords]) -> list[Table]:
                          *(_accuracy_cell(r.result(WORST_CASE, eps)) for eps in worst),
                          _verdict_cell(r.verdict)])
         tables.append(Table(f"{dataset} / {model}", header, body, _table_notes(runs)))
+        paired = paired_table(runs)
+        if paired is not None:
+            tables.append(paired)
     return tables
+
+
+def _mask(bits: Any) -> list[bool] | None:
+    return [c == "1" for c in bits] if isinstance(bits, str) and bits else None
+
+
+def worst_case_mask(run: RunRecords, eps: float) -> list[bool] | None:
+    """Per example: clean-correct and correct under every attack recorded at ``eps`` (None when
+    the store lacks a per-example outcome)."""
+    mask = _mask((run.evaluation or {}).get("clean_correct"))
+    attacks = [row for row in run.results if row["eps"] == eps
+               and row["attack"] not in (CLEAN, WORST_CASE)]
+    if mask is None or not attacks:
+        return None
+    for row in attacks:
+        correct = _mask(row.get("correct"))
+        if correct is None or len(correct) != len(mask):
+            return None
+        mask = [a and b for a, b in zip(mask, correct, strict=True)]
+    return mask
+
+
+def paired_difference(a: list[bool], b: list[bool]) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over the same examples and its 95% interval (normal approximation of
+    the per-example differences, each -1, 0 or 1)."""
+    n = len(a)
+    diffs = [int(x) - int(y) for x, y in zip(a, b, strict=True)]
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else 0.0
+    half = 1.959964 * math.sqrt(var / n)
+    return mean, mean - half, mean + half
+
+
+def paired_table(runs: list[RunRecords]) -> Table | None:
+    """Differences to a baseline run (the first ReLU run without a post-hoc defense, else the
+    first run) on the same test images, clean and worst case, with paired 95% intervals: two
+    runs evaluated on the same images differ far less by chance than their separate intervals
+    suggest."""
+    evaluated = [r for r in runs if _mask((r.evaluation or {}).get("clean_correct"))]
+    if len(evaluated) < 2:
+        return None
+    base = next((r for r in evaluated if r.get("activation") == "relu"
+                 and not r.config.get("posthoc")), evaluated[0])
+
+    def images(r: RunRecords) -> tuple[Any, ...]:
+        e = r.evaluation or {}
+        return e.get("split"), e.get("n"), r.get("dataset")
+
+    others = [r for r in evaluated if r is not base and images(r) == images(base)]
+    eps_values = sorted({row["eps"] for row in base.results if row["eps"] is not None})
+    eps_values = [e for e in eps_values if worst_case_mask(base, e) is not None]
+    if not others:
+        return None
+
+    def cell(a: list[bool] | None, b: list[bool] | None) -> Cell:
+        if a is None or b is None or len(a) != len(b):
+            return Cell("-", numeric=True)
+        mean, lo, hi = paired_difference(a, b)
+        css = None if lo <= 0 <= hi else ("ok" if lo > 0 else "warn")
+        return Cell(f"{100 * mean:+.1f} ({100 * lo:+.1f}, {100 * hi:+.1f})", css=css,
+                    numeric=True)
+
+    base_clean = _mask(base.evaluation.get("clean_correct"))
+    body = [[Cell(r.cell), Cell(activation_label(r)), Cell(training_label(r.config)),
+             cell(_mask(r.evaluation.get("clean_correct")), base_clean),
+             *(cell(worst_case_mask(r, e), worst_case_mask(base, e)) for e in eps_values)]
+            for r in others]
+    header = (["Cell", "Activation", "Training", f"A_std - {base.cell}"]
+              + [f"Worst case ε={format_eps(e)} - {base.cell}" for e in eps_values])
+    n = base.evaluation.get("n")
+    return Table(f"Paired differences to {base.cell}", header, body, [
+        f"Points of accuracy minus {base.cell}'s on the same {n} images, with the 95% interval "
+        "of the per-example differences (normal approximation). An interval away from 0 is a "
+        "difference beyond the sampling of test images; the spread over training seeds is not "
+        "in it."])
 
 
 def _table_notes(runs: list[RunRecords]) -> list[str]:
