@@ -54,8 +54,15 @@ def test_kaf_studies_compare_the_thesis_activations(path: Path) -> None:
         layer = ACTIVATIONS.get(cells[cell_id].activation)(**cells[cell_id].act_kwargs)
         assert isinstance(layer, KAF) and layer.init == "normal"
         assert layer.init_std == THESIS_INIT_STD
-    # the activation is the only difference between the cells
+    # the activation (and on CIFAR-10 the thesis' per-activation peak lr) is the only difference
     shared = {k: v for k, v in cells["relu"].to_dict().items()
-              if k not in ("activation", "act_kwargs", "out")}
+              if k not in ("activation", "act_kwargs", "out", "lr")}
     for config in cells.values():
         assert {k: v for k, v in config.to_dict().items() if k in shared} == shared
+    lrs = {cell_id: config.lr for cell_id, config in cells.items()}
+    if path.name.startswith("cifar10"):  # max_lr of the thesis' range tests (VGG table)
+        assert lrs == {"relu": 0.08, "elu": 0.1, "kaf": 1.0, "kaf_elu": 0.1, "swish": 0.3,
+                       "kaf_swish": 0.8, "kaf_free": 2.0, "kaf_relu": 0.08}
+        assert cells["relu"].momentum == 0.0  # Keras SGD, as the thesis trained
+    else:  # one shared recipe
+        assert set(lrs.values()) == {cells["relu"].lr}
