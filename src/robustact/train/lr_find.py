@@ -10,7 +10,7 @@ Reading the curve: where the loss starts to fall is a one-cycle schedule's lowes
 falls fastest (``lr_steepest``) and where it bottoms out (``lr_min_loss``) bracket the peak.
 The thesis picked its maximum near the plateau/minimum (e.g. 0.08 for the ReLU VGG); the
 common rule of thumb takes ``lr_min_loss / 10``. Both are reported, neither is applied: the
-test trains a throw-away copy, nothing is saved but the curve.
+test trains a freshly built network that is then thrown away; only the curve is saved.
 """
 
 from __future__ import annotations
