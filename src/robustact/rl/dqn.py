@@ -35,7 +35,6 @@ frames with the current policy before updates resume.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -53,7 +52,7 @@ from robustact.errors import CheckpointError, ConfigError
 from robustact.rl.games import MinAtarGame, check_game
 from robustact.rl.network import create_q_network, list_networks
 from robustact.rl.replay import Batch, ReplayBuffer
-from robustact.train.config import from_options
+from robustact.train.config import from_options, short_hash
 
 OPTIMIZERS = ("adam", "rmsprop")
 CHECKPOINT_KIND = "robustact-dqn"
@@ -135,8 +134,7 @@ class DQNConfig:
     def hash(self) -> str:
         """A short hash of what determines the trained weights (not where they go)."""
         skip = {"out", "progress", "device", "log_every", "checkpoint_every"}
-        payload = {k: v for k, v in self.to_dict().items() if k not in skip}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+        return short_hash({k: v for k, v in self.to_dict().items() if k not in skip})
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:

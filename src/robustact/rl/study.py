@@ -29,7 +29,6 @@ same configuration hash (an interrupted one resumes) and an evaluation with the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import traceback
@@ -84,11 +83,9 @@ class RLStudy:
     cells: list[RLCell] = field(default_factory=list)
 
     def cell(self, cell_id: str) -> RLCell:
-        for cell in self.cells:
-            if cell.id == cell_id:
-                return cell
-        raise ConfigError(f"study {self.name} has no cell {cell_id!r}; cells: "
-                          f"{', '.join(c.id for c in self.cells)}")
+        from robustact.study.config import find_cell
+
+        return find_cell(self.name, self.cells, cell_id)
 
     @property
     def store_path(self) -> Path:
@@ -155,8 +152,9 @@ def load_rl_study(path: str | Path, out: str | Path | None = None) -> RLStudy:
 
 
 def _evaluate_hash(cell: RLCell) -> str:
-    payload = {"train": cell.train.hash(), "evaluate": cell.evaluate}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    from robustact.train.config import short_hash
+
+    return short_hash({"train": cell.train.hash(), "evaluate": cell.evaluate})
 
 
 def _read_json(path: Path) -> Any:

@@ -35,12 +35,20 @@ directory of the first of them. ``finetune_from: cell:ID`` starts from cell ID's
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from robustact.errors import ConfigError
 from robustact.train.config import TrainConfig, load_config_file
+
+
+class _HasId(Protocol):
+    id: str
+
+
+_C = TypeVar("_C", bound=_HasId)
 
 EVALUATE_KEYS = {"eps", "n", "attacks", "independent", "samples", "diagnose", "probe_size",
                  "split", "norm", "calibration", "landscape"}
@@ -78,11 +86,17 @@ class StudyConfig:
     evaluate: dict[str, Any] = field(default_factory=dict)
 
     def cell(self, cell_id: str) -> Cell:
-        for cell in self.cells:
-            if cell.id == cell_id:
-                return cell
-        raise ConfigError(f"study {self.name} has no cell {cell_id!r}; cells: "
-                          f"{', '.join(c.id for c in self.cells)}")
+        return find_cell(self.name, self.cells, cell_id)
+
+
+def find_cell(study: str, cells: Sequence[_C], cell_id: str) -> _C:
+    """The cell ``cell_id`` of a study's ``cells`` (anything with an ``id``), or a one-line
+    error listing the study's cells."""
+    for cell in cells:
+        if cell.id == cell_id:
+            return cell
+    raise ConfigError(f"study {study} has no cell {cell_id!r}; cells: "
+                      f"{', '.join(c.id for c in cells)}")
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,6 @@ checkpoint is reused. A cell that fails is recorded as failed and the others go 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 import traceback
@@ -23,6 +22,7 @@ from typing import Any
 
 from robustact.errors import ConfigError
 from robustact.study.config import Cell, StudyConfig
+from robustact.train.config import short_hash
 
 ROBUSTNESS = "robustness"
 
@@ -46,7 +46,7 @@ def _evaluate_hash(cell: Cell, evaluate: dict[str, Any]) -> str:
     payload: dict[str, Any] = {"train": cell.train.hash(), "evaluate": evaluate}
     if cell.posthoc:
         payload["posthoc"] = cell.posthoc
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return short_hash(payload)
 
 
 def store_path(study: StudyConfig) -> Path:

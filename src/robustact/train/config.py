@@ -200,8 +200,13 @@ class TrainConfig:
     def hash(self) -> str:
         """A short hash of what determines the trained weights (not where they are written)."""
         skip = {"out", "progress", "device", "metrics_file", "data_dir"}
-        payload = {k: v for k, v in self.to_dict().items() if k not in skip}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+        return short_hash({k: v for k, v in self.to_dict().items() if k not in skip})
+
+
+def short_hash(payload: Any) -> str:
+    """12 hex digits of the SHA-256 of ``payload`` as canonical JSON (sorted keys): the
+    identity of a training or evaluation configuration."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def from_options(cls: type[_T], data: dict[str, Any], what: str) -> _T:
