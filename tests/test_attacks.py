@@ -78,8 +78,11 @@ def test_base_restores_mode_and_checks_inputs() -> None:
         create_attack("pdg", eps=0.1)
     with pytest.raises(ConfigError, match="unknown attack loss"):
         PGD(eps=0.1, loss="hinge")
-    with pytest.raises(ConfigError, match="norm must be linf, got 'l2'"):
-        create_attack("square", eps=0.1, norm="l2")
+    with pytest.raises(ConfigError, match="norm must be linf or l2, got 'l1'"):
+        create_attack("deepfool", eps=0.1, norm="l1")
+    with pytest.raises(ConfigError, match="attack 'pgd' has no option 'targetd'; valid options: "
+                                          ".*targeted, n_target_classes"):
+        create_attack("pgd", eps=0.1, targetd=True)
 
 
 def test_projection_is_onto_both_sets() -> None:

@@ -190,8 +190,12 @@ def test_apgd_l2_reaches_closed_form_optimum_on_linear_model() -> None:
 
 
 def test_apgd_validation() -> None:
-    with pytest.raises(ConfigError, match="loss must be one of ce, dlr"):
-        APGD(eps=0.1, loss="margin")
+    with pytest.raises(ConfigError, match="loss must be one of ce, dlr, margin"):
+        APGD(eps=0.1, loss="hinge")
+    with pytest.raises(ConfigError, match="targeted must be true or false, got 'abc'"):
+        APGD(eps=0.1, targeted="abc")
+    with pytest.raises(ConfigError, match="n_target_classes must be an integer >= 1"):
+        APGD(eps=0.1, targeted=True, n_target_classes=0)
     with pytest.raises(ConfigError, match="rho must be in"):
         APGD(eps=0.1, rho=0)
     with pytest.raises(ConfigError, match="steps and restarts must be >= 1"):

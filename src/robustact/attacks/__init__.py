@@ -5,12 +5,13 @@
     >>> result = pgd(model, x, y)   # result.x_adv, result.success, result.norms, result.queries
     >>> result = pgd(EOT(BPDA(model), n=32), x, y)   # adaptive: surrogate gradients, averaged
 
-White-box: fgsm, bim, pgd, mifgsm, apgd (apgd-ce, apgd-dlr), deepfool. Gradient-free:
+White-box: fgsm, bim, pgd, mifgsm, apgd (apgd-ce, apgd-dlr, apgd-t), deepfool; pgd and apgd
+take targeted=true (AutoAttack's top-scoring wrong classes as targets). Gradient-free:
 square, gradest (the gradient-estimation attack that broke k-WTA), transfer (crafted on a
 surrogate model). Eps is always on the [0, 1] pixel scale.
 """
 
-from robustact.attacks.apgd import APGD, APGDCE, APGDDLR
+from robustact.attacks.apgd import APGD, APGDCE, APGDDLR, APGDT
 from robustact.attacks.base import Attack, AttackResult, perturbation_norm, project
 from robustact.attacks.deepfool import DeepFool
 from robustact.attacks.gradient_estimation import GradientEstimation
@@ -21,12 +22,12 @@ from robustact.attacks.square import Square
 from robustact.attacks.transfer import Transfer
 from robustact.attacks.wrappers import BPDA, EOT, is_randomized
 
-for _cls in (FGSM, BIM, PGD, MIFGSM, APGD, APGDCE, APGDDLR, DeepFool, Square,
+for _cls in (FGSM, BIM, PGD, MIFGSM, APGD, APGDCE, APGDDLR, APGDT, DeepFool, Square,
              GradientEstimation, Transfer):
     ATTACKS.add(_cls.name, _cls)
 
 __all__ = [
-    "APGD", "APGDCE", "APGDDLR", "ATTACKS", "BIM", "BPDA", "EOT", "FGSM", "LOSSES", "MIFGSM",
+    "APGD", "APGDCE", "APGDDLR", "APGDT", "ATTACKS", "BIM", "BPDA", "EOT", "FGSM", "LOSSES", "MIFGSM",
     "PGD", "Attack", "AttackResult", "DeepFool", "GradientEstimation", "Square", "Transfer",
     "create_attack", "get_loss", "is_randomized", "list_attacks", "perturbation_norm", "project",
 ]

@@ -10,12 +10,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.attacks.base import Attack, perturbation_norm, subset_queries
-from robustact.attacks.losses import get_loss
+from robustact.attacks.base import (
+    Attack,
+    check_count,
+    check_flag,
+    perturbation_norm,
+    subset_queries,
+)
+from robustact.attacks.losses import get_loss, get_targeted_loss
 from robustact.attacks.pgd import step_direction
 from robustact.errors import ConfigError
 
-APGD_LOSSES = ("ce", "dlr")
+APGD_LOSSES = ("ce", "dlr", "margin")
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
@@ -58,12 +64,20 @@ class APGD(Attack):
     highest-loss point. Restarts after the first run only on examples not yet fooled; examples
     misclassified before the attack are returned unchanged.
 
+    Targeted (``targeted=True``, AutoAttack's APGD-T): for each of the ``n_target_classes``
+    highest-scoring wrong classes of the clean input in turn, on the examples not yet
+    misclassified, the loss is the targeted version of ``loss`` (targeted DLR
+    ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``, minus the cross-entropy of the target,
+    or z_t - z_y); success is still any misclassification.
+
     Args:
         eps: radius on the [0, 1] scale.
         norm: "linf" or "l2".
         steps: iterations per restart (gradients: steps + 1 per restart).
         restarts: independent random starts.
-        loss: "ce" or "dlr" (DLR needs >= 3 classes).
+        loss: "ce", "dlr" (needs >= 3 classes; 4 when targeted) or "margin".
+        targeted: aim at the top-scoring wrong classes in turn (see above).
+        n_target_classes: how many target classes a targeted run tries (AutoAttack: 9).
         rho: fraction of loss increases below which the step size is halved (paper: 0.75).
         momentum: alpha, weight of the new step versus the previous move (paper: 0.75).
     """
@@ -72,8 +86,8 @@ class APGD(Attack):
 
     def __init__(
         self, *, eps: float, norm: str = "linf", steps: int = 100, restarts: int = 1,
-        loss: str = "ce", rho: float = 0.75, momentum: float = 0.75, batch_size: int = 256,
-        seed: int | None = 0,
+        loss: str = "ce", rho: float = 0.75, momentum: float = 0.75, targeted: bool = False,
+        n_target_classes: int = 9, batch_size: int = 256, seed: int | None = 0,
     ) -> None:
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, seed=seed)
         if steps < 1 or restarts < 1:
@@ -92,13 +106,25 @@ class APGD(Attack):
         self.loss_fn = get_loss(loss)
         self.rho = float(rho)
         self.momentum = float(momentum)
+        self.targeted = check_flag(self.name, "targeted", targeted)
+        self.n_target_classes = check_count(self.name, "n_target_classes", n_target_classes)
+        self.targeted_loss_fn = get_targeted_loss(loss) if self.targeted else None
 
     def hyperparameters(self) -> dict[str, Any]:
         return {**super().hyperparameters(), "steps": self.steps, "restarts": self.restarts,
                 "loss": self.loss, "rho": self.rho, "momentum": self.momentum,
-                "initial_step": 2 * self.eps, "checkpoints": apgd_checkpoints(self.steps)}
+                "initial_step": 2 * self.eps, "checkpoints": apgd_checkpoints(self.steps),
+                "targeted": self.targeted,
+                **({"n_target_classes": self.n_target_classes} if self.targeted else {})}
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.targeted:
+            return self.over_targets(model, x, y, self.n_target_classes, self._restarts)
+        return self._restarts(model, x, y)[0]
+
+    def _restarts(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """All restarts on examples x: (returned points, misclassified)."""
         with torch.no_grad():
             fooled = model(x).argmax(1) != y
         best = x.clone()
@@ -108,13 +134,14 @@ class APGD(Attack):
             if idx.numel() == 0:
                 break
             with subset_queries(model, idx):
-                adv, adv_fooled, adv_loss = self._single_run(model, x[idx], y[idx],
-                                                             trace=restart == 0)
+                adv, adv_fooled, adv_loss = self._single_run(
+                    model, x[idx], y[idx], None if target is None else target[idx],
+                    trace=restart == 0)
             take = adv_fooled | (adv_loss > best_loss[idx])
             best[idx[take]] = adv[take]
             best_loss[idx[take]] = adv_loss[take]
             fooled[idx[adv_fooled]] = True
-        return best
+        return best, fooled
 
     def random_start(self, x: torch.Tensor) -> torch.Tensor:
         """A random point on the eps-sphere: uniform noise scaled to L-inf norm eps, or a
@@ -125,12 +152,16 @@ class APGD(Attack):
         return self.project(x, x + self.eps * t / (scale.view(shape) + 1e-12))
 
     def _single_run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, trace: bool,
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+        *, trace: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One restart on examples x: (returned point, fooled, best loss)."""
+        """One restart on examples x (toward ``target`` if given): (returned point, fooled,
+        best loss)."""
         shape = (-1, *([1] * (x.dim() - 1)))
+        loss_fn = self.loss_fn if target is None else (
+            lambda logits, labels: self.targeted_loss_fn(logits, labels, target))
         x_adv = self.random_start(x)
-        loss, grad, logits = self.input_gradient(model, x_adv, y, self.loss_fn)
+        loss, grad, logits = self.input_gradient(model, x_adv, y, loss_fn)
         fooled = logits.argmax(1) != y
         x_fooled = x_adv.clone()
         x_best, loss_best, grad_best = x_adv.clone(), loss.clone(), grad.clone()
@@ -149,8 +180,7 @@ class APGD(Attack):
                 x_next = self.project(
                     x, x_adv + alpha * (z - x_adv) + (1 - alpha) * (x_adv - x_prev))
             x_prev, x_adv = x_adv, x_next
-            loss, grad, logits = self.input_gradient(model, x_adv, y, self.loss_fn,
-                                                     count=~fooled)
+            loss, grad, logits = self.input_gradient(model, x_adv, y, loss_fn, count=~fooled)
             if trace:
                 self.record_loss(loss)
             now_fooled = logits.argmax(1) != y
@@ -201,3 +231,17 @@ class APGDDLR(APGD):
                  seed: int | None = 0) -> None:
         super().__init__(eps=eps, norm=norm, steps=steps, restarts=restarts, loss="dlr", rho=rho,
                          momentum=momentum, batch_size=batch_size, seed=seed)
+
+
+class APGDT(APGD):
+    """APGD-T (AutoAttack's second attack): APGD on the targeted DLR loss toward each of the
+    ``n_target_classes`` highest-scoring wrong classes in turn (needs >= 4 classes)."""
+
+    name = "apgd_t"
+
+    def __init__(self, *, eps: float, norm: str = "linf", steps: int = 100, restarts: int = 1,
+                 n_target_classes: int = 9, loss: str = "dlr", rho: float = 0.75,
+                 momentum: float = 0.75, batch_size: int = 256, seed: int | None = 0) -> None:
+        super().__init__(eps=eps, norm=norm, steps=steps, restarts=restarts, loss=loss, rho=rho,
+                         momentum=momentum, targeted=True, n_target_classes=n_target_classes,
+                         batch_size=batch_size, seed=seed)

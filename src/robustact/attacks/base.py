@@ -21,8 +21,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from robustact.attacks.losses import target_classes
 from robustact.errors import ConfigError
 
+#: the norms attacks can bound; an attack lists the ones it implements in ``norms``
+ALL_NORMS = ("linf", "l2", "l1")
 NORMS = ("linf", "l2")
 
 
@@ -85,6 +88,7 @@ class _Stats:
     loss: list[torch.Tensor] = field(default_factory=list)
     bad: torch.Tensor | int = 0
     total: torch.Tensor | int = 0
+    tracing: bool = True  # off while a targeted attack works on its later target classes
 
 
 class Attack:
@@ -223,7 +227,41 @@ class Attack:
 
     def record_loss(self, loss: torch.Tensor) -> None:
         """Remember one iteration's per-example loss (averaged across batches afterwards)."""
-        self._stats.loss.append(loss.detach().float().mean())
+        if self._stats.tracing:
+            self._stats.loss.append(loss.detach().float().mean())
+
+    def over_targets(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_targets: int,
+        single_run: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor],
+                             tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """AutoAttack's targeted schedule for untargeted robustness (APGD-T, FAB-T).
+
+        For rank r = 1..``n_targets`` (at most classes - 1) the target of each example is its
+        r-th highest-scoring wrong class on the clean input; ``single_run(model, x, y, target)``
+        runs on the examples not yet misclassified and returns (points, misclassified). Returns,
+        per example, its misclassified point if one was found, else the last target's point
+        (examples misclassified before the attack are returned unchanged). The loss trace
+        follows the first target only.
+        """
+        with torch.no_grad():
+            logits = model(x)
+        fooled = logits.argmax(1) != y
+        best = x.clone()
+        try:
+            for rank in range(1, min(n_targets, logits.shape[1] - 1) + 1):
+                idx = (~fooled).nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    break
+                self._stats.tracing = rank == 1
+                target = target_classes(logits[idx], y[idx], rank)
+                with subset_queries(model, idx):
+                    adv, adv_fooled = single_run(model, x[idx], y[idx], target)
+                best[idx] = adv
+                fooled[idx] = adv_fooled
+        finally:
+            self._stats.tracing = True
+        return best
 
     def _loss_trace(self) -> list[float]:
         if not self._stats.loss:
@@ -254,11 +292,12 @@ def subset_queries(model: nn.Module, index: torch.Tensor) -> Iterator[None]:
     if not isinstance(model, QueryCounter):
         yield
         return
-    model.index = index
+    outer = model.index  # nested subsets: positions within the outer subset
+    model.index = index if outer is None else outer[index]
     try:
         yield
     finally:
-        model.index = None
+        model.index = outer
 
 
 def _split(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
@@ -271,12 +310,14 @@ def _split(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
 def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     """Project ``x_adv`` onto {x' : ||x' - x|| <= eps} (per example) and then clip to [0, 1].
 
-    Clipping to [0, 1] after the L2 projection can only shrink the perturbation, so the result
-    is inside both sets.
+    Clipping to [0, 1] after the L2 or L1 projection only shrinks each coordinate's
+    perturbation, so the result is inside both sets.
     """
     delta = x_adv - x
     if norm == "linf":
         delta = delta.clamp(-eps, eps)
+    elif norm == "l1":
+        delta = project_l1(delta, eps)
     else:
         norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
         factor = (eps / norms).clamp(max=1.0).view(-1, *([1] * (delta.dim() - 1)))
@@ -284,12 +325,31 @@ def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> torc
     return (x + delta).clamp(0.0, 1.0)
 
 
+def project_l1(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Euclidean projection of each example's ``delta`` onto the L1 ball of radius eps
+    (Duchi et al. 2008: soft-threshold at the theta that makes the L1 norm eps; rows already
+    inside are unchanged). No host sync."""
+    flat = delta.flatten(1)
+    magnitude = flat.abs()
+    inside = magnitude.sum(1) <= eps
+    mu = magnitude.sort(dim=1, descending=True).values
+    cumsum = mu.cumsum(1)
+    ranks = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
+    positive = (mu - (cumsum - eps) / ranks) > 0
+    rho = positive.sum(1).clamp_min(1)  # the count of coordinates left non-zero
+    theta = ((cumsum.gather(1, (rho - 1)[:, None]).squeeze(1) - eps) / rho).clamp_min(0)
+    shrunk = flat.sign() * (magnitude - theta[:, None]).clamp_min(0)
+    return torch.where(inside[:, None], flat, shrunk).view_as(delta)
+
+
 def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
-    """(N,) L-inf or L2 norm of each example's perturbation."""
+    """(N,) L-inf, L2 or L1 norm of each example's perturbation."""
     flat = delta.flatten(1)
     if flat.shape[1] == 0:
         return flat.new_zeros(flat.shape[0])
-    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+    if norm == "linf":
+        return flat.abs().amax(1)
+    return flat.abs().sum(1) if norm == "l1" else flat.norm(dim=1)
 
 
 def check_inputs(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -301,6 +361,20 @@ def check_inputs(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
     if x.numel() and (x.min() < 0 or x.max() > 1):
         raise ConfigError(f"{name}: inputs must be in [0, 1] (got {x.min().item():.3g}.."
                           f"{x.max().item():.3g}); normalization belongs inside the model")
+
+
+def check_flag(name: str, key: str, value: Any) -> bool:
+    """A boolean option, or a one-line error (``bpda=abc`` must not read as true)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: {key} must be true or false, got {value!r}")
+    return value
+
+
+def check_count(name: str, key: str, value: Any, minimum: int = 1) -> int:
+    """An integer option >= ``minimum``, or a one-line error."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}: {key} must be an integer >= {minimum}, got {value!r}")
+    return value
 
 
 def model_device(model: nn.Module) -> torch.device:

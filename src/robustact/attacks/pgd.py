@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.attacks.base import Attack
-from robustact.attacks.losses import get_loss
+from robustact.attacks.base import Attack, check_count, check_flag
+from robustact.attacks.losses import LossFn, get_loss, get_targeted_loss
 from robustact.errors import ConfigError
 
 
@@ -45,6 +45,11 @@ class PGD(Attack):
         restarts: independent runs; each example keeps its best (first a misclassified point,
             else the highest loss).
         loss: "ce", "margin" (CW) or "dlr".
+        targeted: aim at each of the ``n_target_classes`` highest-scoring wrong classes of the
+            clean input in turn (AutoAttack's choice of targets), on the examples not yet
+            misclassified, with the targeted version of ``loss`` (minus the target's
+            cross-entropy, z_t - z_y, or the targeted DLR); success is any misclassification.
+        n_target_classes: target classes a targeted run tries.
     """
 
     name = "pgd"
@@ -52,11 +57,15 @@ class PGD(Attack):
     def __init__(
         self, *, eps: float, norm: str = "linf", steps: int = 40, step_size: float | None = None,
         rel_step: float | None = None, random_start: bool = True, restarts: int = 1,
-        loss: str = "ce", batch_size: int = 256, seed: int | None = 0,
+        loss: str = "ce", targeted: bool = False, n_target_classes: int = 9,
+        batch_size: int = 256, seed: int | None = 0,
     ) -> None:
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, seed=seed)
         if steps < 1 or restarts < 1:
             raise ConfigError(f"{self.name}: steps and restarts must be >= 1")
+        self.targeted = check_flag(self.name, "targeted", targeted)
+        self.n_target_classes = check_count(self.name, "n_target_classes", n_target_classes)
+        self.targeted_loss_fn = get_targeted_loss(loss) if self.targeted else None
         if step_size is not None and rel_step is not None:
             raise ConfigError(f"{self.name}: give step_size or rel_step, not both")
         self.steps = int(steps)
@@ -72,23 +81,38 @@ class PGD(Attack):
 
     def hyperparameters(self) -> dict[str, Any]:
         return {**super().hyperparameters(), "steps": self.steps, "step_size": self.step_size,
-                "random_start": self.random_start, "restarts": self.restarts, "loss": self.loss}
+                "random_start": self.random_start, "restarts": self.restarts, "loss": self.loss,
+                "targeted": self.targeted,
+                **({"n_target_classes": self.n_target_classes} if self.targeted else {})}
 
     def run(self, model: nn.Module, x: torch.Tensor,
-            y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            y: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.targeted:
+            return self.over_targets(model, x, y, self.n_target_classes, self._toward)
+        best = self._restarts(model, x, y, self.loss_fn)
+        return best.x, best.logits
+
+    def _toward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        best = self._restarts(
+            model, x, y, lambda logits, labels: self.targeted_loss_fn(logits, labels, target))
+        return best.x, best.fooled
+
+    def _restarts(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  loss_fn: LossFn) -> _Best:
         best = _Best(x)
         for restart in range(self.restarts):
             start = random_start(x, self.eps, self.norm) if self.random_start else x.clone()
-            x_adv = self._iterate(model, x, y, start, best, trace=(restart == 0))
+            x_adv = self._iterate(model, x, y, start, best, loss_fn, trace=(restart == 0))
             with torch.no_grad():
                 logits = model(x_adv)  # the last iterate may be the best point
-            best.update(x_adv, self.loss_fn(logits, y), logits, y)
-        return best.x, best.logits
+            best.update(x_adv, loss_fn(logits, y), logits, y)
+        return best
 
     def _iterate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
-                 best: _Best, *, trace: bool) -> torch.Tensor:
+                 best: _Best, loss_fn: LossFn, *, trace: bool) -> torch.Tensor:
         for _ in range(self.steps):
-            loss, grad, logits = self.input_gradient(model, x_adv, y, self.loss_fn)
+            loss, grad, logits = self.input_gradient(model, x_adv, y, loss_fn)
             best.update(x_adv, loss, logits, y)
             if trace:
                 self.record_loss(loss)
