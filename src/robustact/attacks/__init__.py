@@ -27,7 +27,8 @@ for _cls in (FGSM, BIM, PGD, MIFGSM, APGD, APGDCE, APGDDLR, APGDT, DeepFool, Squ
     ATTACKS.add(_cls.name, _cls)
 
 __all__ = [
-    "APGD", "APGDCE", "APGDDLR", "APGDT", "ATTACKS", "BIM", "BPDA", "EOT", "FGSM", "LOSSES", "MIFGSM",
-    "PGD", "Attack", "AttackResult", "DeepFool", "GradientEstimation", "Square", "Transfer",
+    "APGD", "APGDCE", "APGDDLR", "APGDT", "ATTACKS", "BIM", "BPDA", "EOT", "FGSM", "LOSSES",
+    "MIFGSM", "PGD", "Attack", "AttackResult", "DeepFool", "GradientEstimation", "Square",
+    "Transfer",
     "create_attack", "get_loss", "is_randomized", "list_attacks", "perturbation_norm", "project",
 ]
