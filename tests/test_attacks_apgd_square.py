@@ -263,8 +263,8 @@ def test_square_queries_budget_and_frozen_when_fooled() -> None:
 
 
 def test_square_validation() -> None:
-    with pytest.raises(ConfigError, match="norm must be linf, got 'l2'"):
-        Square(eps=0.1, norm="l2")
+    with pytest.raises(ConfigError, match="norm must be linf or l2, got 'l1'"):
+        Square(eps=0.1, norm="l1")
     with pytest.raises(ConfigError, match="queries must be >= 2"):
         Square(eps=0.1, queries=1)
     with pytest.raises(ConfigError, match="p_init must be in"):

@@ -144,7 +144,7 @@ def test_cli_attack_writes_json_and_csv(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["train", "--model", "small_cnn", "--train-subset", "512", "--test-subset", "64",
                  "--epochs", "1", "--device", "cpu", "--no-progress", "--out", str(run)]) == 0
     capsys.readouterr()
-    assert main(["attack", "--checkpoint", str(run), "--attacks", "fgsm,pgd",
+    assert main(["attack", "--checkpoint", str(run), "--suite", "none", "--attacks", "fgsm,pgd",
                  "--attack", "pgd:steps=5,loss=margin,label=pgd_margin", "--attack",
                  f"transfer:surrogate={run},steps=5", "--eps", "0.05,0.1", "--n", "40",
                  "--probe-size", "20", "--device", "cpu", "--out", str(tmp_path / "r")]) == 0
@@ -158,6 +158,28 @@ def test_cli_attack_writes_json_and_csv(tmp_path: Path, capsys: pytest.CaptureFi
     assert (tmp_path / "r.csv").read_text().startswith("attack,")
     assert main(["attack", "--checkpoint", str(run), "--attacks", "pgd", "--eps", "x"]) == 2
     assert "--eps must be comma-separated" in capsys.readouterr().err
+    # the default: the adaptive suite, the listed attacks beside it on every point
+    assert main(["attack", "--checkpoint", str(run), "--attacks", "fgsm", "--eps", "0.1",
+                 "--n", "12", "--probe-size", "8", "--device", "cpu",
+                 "--out", str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr().out
+    assert "suite adaptive, then each listed attack on every point" in printed
+    assert "the model is deterministic" in printed
+    record = json.loads((tmp_path / "a.json").read_text())
+    assert record["suite"]["name"] == "adaptive" and record["n_samples"] == 1
+    assert [(a["label"], a["group"]) for a in record["attacks"]] == [
+        ("apgd_ce", "suite"), ("apgd_t", "suite"), ("square", "suite"), ("fgsm", "paper")]
+    assert record["attacks"][-1]["attacked"] == record["clean_correct"]
+    for argv, message in [(["--suite", "strong"], "unknown suite 'strong'; valid suites"),
+                          (["--suite", "none"], "--suite none needs attacks"),
+                          (["--attack", "pgd:targetd=true"], "has no option 'targetd'"),
+                          (["--attack", "pgd:eot=0"], "eot must be an integer >= 1"),
+                          (["--attack", "pgd:bpda=abc"], "bpda must be true or false"),
+                          (["--samples", "0"], "--samples must be >= 1")]:
+        assert main(["attack", "--checkpoint", str(run), "--eps", "0.1", "--n", "4",
+                     "--device", "cpu", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
 
 
 def test_convergence_check_resolves_the_attacks_own_step_rule(relu_cnn: nn.Module,

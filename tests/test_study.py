@@ -23,8 +23,8 @@ def write_study(tmp_path: Path, **extra: object) -> Path:
             "grid": {"activation": ["relu"], "seed": [0]},
             "cells": [{"id": "kwta", "activation": "kwta", "act_kwargs": {"ratio": 0.2}},
                       {"id": "broken", "activation": "nosuch"}],
-            "evaluate": {"eps": [0.1], "n": 40, "attacks": ["fgsm", "pgd:steps=3"],
-                         "probe_size": 40}}
+            "evaluate": {"eps": [0.1], "n": 40, "suite": "none",
+                         "attacks": ["fgsm", "pgd:steps=3"], "probe_size": 40}}
     data.update(extra)
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -135,6 +135,12 @@ def test_study_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown evaluate key"):
         load_study(write_study(tmp_path, evaluate={"eps": [0.1], "attacks": ["fgsm"],
                                                    "restarts": 2}))
+    with pytest.raises(ConfigError, match="study.yaml: unknown suite 'strongest'; valid suites"):
+        load_study(write_study(tmp_path, evaluate={"eps": [0.1], "suite": "strongest"}))
+    with pytest.raises(ConfigError, match="with suite: none needs a list of attacks"):
+        load_study(write_study(tmp_path, evaluate={"eps": [0.1], "suite": "none"}))
+    study = load_study(write_study(tmp_path, evaluate={"eps": [0.1]}))
+    assert study.evaluate["suite"] == "adaptive"  # the default, with no attack listed
 
 
 def test_cli_run_lists_cells(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -147,15 +153,15 @@ def test_cli_run_lists_cells(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 def test_shared_training_posthoc_finetune_and_parallel_jobs(tmp_path: Path) -> None:
     path = write_study(
         tmp_path, grid={},
-        cells=[{"id": "relu"},
+        cells=[{"id": "relu", "evaluate": {"suite": "adaptive", "n": 12}},
                {"id": "kwta", "activation": "kwta", "act_kwargs": {"ratio": 0.2}},
                {"id": "kwta_inc", "activation": "kwta", "finetune_from": "cell:kwta",
                 "sparsity": {"start": 0.2, "target": 0.1, "step": 0.1, "every": 1},
                 "epochs": 2, "lr": 0.01},
                {"id": "relu_dro", "posthoc": {"defense": "dro", "p": 0.3},
                 "evaluate": {"samples": 3, "attacks": ["fgsm"]}}],
-        evaluate={"eps": [0.1], "n": 32, "attacks": ["fgsm", "pgd:steps=3"], "probe_size": 32,
-                  "calibration": True, "landscape": {"n": 4, "steps": 3}})
+        evaluate={"eps": [0.1], "n": 32, "suite": "none", "attacks": ["fgsm", "pgd:steps=3"],
+                  "probe_size": 32, "calibration": True, "landscape": {"n": 4, "steps": 3}})
     study = load_study(path)
     dro = study.cell("relu_dro")
     assert dro.train_dir == study.cell("relu").train_dir and dro.needs == ["relu"]
@@ -169,6 +175,11 @@ def test_shared_training_posthoc_finetune_and_parallel_jobs(tmp_path: Path) -> N
     assert not (tmp_path / "out" / "relu_dro" / "checkpoint.pt").exists()  # relu's run reused
     record = json.loads((tmp_path / "out" / "relu_dro" / "robustness.json").read_text())
     assert record["defense"] == {"defense": "dro", "p": 0.3} and record["n_samples"] == 3
+    relu = json.loads((tmp_path / "out" / "relu" / "robustness.json").read_text())
+    assert relu["suite"]["name"] == "adaptive" and relu["n"] == 12
+    groups = {a["label"]: a["group"] for a in relu["attacks"]}
+    assert groups == {"apgd_ce": "suite", "apgd_t": "suite", "square": "suite",
+                      "fgsm": "paper", "pgd": "paper"}
     from robustact.results import ResultsStore
 
     store = ResultsStore(tmp_path / "out" / "results.sqlite")

@@ -15,7 +15,7 @@ MAIN_EXAMPLE = """\
 examples:
   robustact train --model small_cnn --dataset fashion_mnist --activation kwta --ratio 0.2 --epochs 3
   robustact eval --checkpoint runs/train
-  robustact attack --checkpoint runs/train --attacks fgsm,pgd,deepfool,square --eps 0.1,0.2
+  robustact attack --checkpoint runs/train --attacks fgsm,pgd,deepfool --eps 0.1,0.2
   robustact list models
   robustact data fetch fashion_mnist
 """
@@ -173,13 +173,15 @@ def parse_defense(spec: str) -> dict[str, Any]:
 
 ATTACK_EXAMPLE = """\
 examples:
-  robustact attack --checkpoint runs/kwta01 --attacks fgsm,pgd,deepfool,square --eps 0.1,0.2 \\
-      --n 1000
-  # options per attack, EOT for a randomized model, BPDA through masking layers
-  robustact attack --checkpoint runs/sap --attack pgd:steps=100,restarts=5,loss=margin,eot=32 \\
+  # the adaptive suite (default), with the seed papers' attacks reported beside it
+  robustact attack --checkpoint runs/kwta01 --attacks fgsm,pgd,deepfool --eps 0.1,0.2 --n 1000
+  # AutoAttack's standard version, or its rand version for a randomized model
+  robustact attack --checkpoint runs/kwta01 --suite autoattack --eps 0.1
+  # only the attacks listed: options per attack, EOT for a randomized model, BPDA
+  robustact attack --checkpoint runs/sap --suite none --attack pgd:steps=100,loss=margin,eot=32 \\
       --attack square:queries=5000 --eps 0.1 --samples 32
-  robustact attack --checkpoint runs/kwta01 --attack pgd:steps=40,bpda=true --attack gradest \\
-      --eps 0.1 --independent
+  robustact attack --checkpoint runs/kwta01 --suite none --attack pgd:steps=40,bpda=true \\
+      --attack gradest --eps 0.1 --independent
 """
 
 
@@ -187,19 +189,23 @@ def _add_attack_parser(sub: Any) -> None:
     p = sub.add_parser("attack", help="robust accuracy under attacks, with masking diagnostics",
                        epilog=ATTACK_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
-    p.add_argument("--attacks", default="", help="comma-separated attack names "
-                   "(robustact list attacks), e.g. fgsm,pgd,deepfool,square")
+    p.add_argument("--suite", default="adaptive",
+                   help="preset suite run first, in sequence: adaptive (default: EOT, BPDA and "
+                        "losses chosen for the model), autoattack, autoattack-rand, or none")
+    p.add_argument("--attacks", default="", help="comma-separated paper-style attacks reported "
+                   "beside the suite (robustact list attacks), e.g. fgsm,pgd,deepfool")
     p.add_argument("--attack", action="append", default=[], metavar="SPEC",
                    help="one attack with options, NAME:KEY=VALUE,... (repeatable); keys eot=N and "
                         "bpda=true wrap the model")
     p.add_argument("--eps", required=True, help="comma-separated eps on the [0, 1] scale")
     p.add_argument("--norm", choices=("linf", "l2"), help="norm for every attack (default linf)")
     p.add_argument("--n", type=int, default=1000, help="number of test examples (default 1000)")
-    p.add_argument("--samples", type=int, default=1,
-                   help="forward passes averaged per prediction (randomized models)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="forward passes averaged per prediction (default: 1 for a deterministic "
+                        "model, as many as a stable decision needs for a randomized one)")
     p.add_argument("--independent", action="store_true",
-                   help="run every attack on every clean-correct point (default: each attack only "
-                        "on the points still robust)")
+                   help="without a suite: run every attack on every clean-correct point "
+                        "(default: each attack only on the points still robust)")
     p.add_argument("--no-diagnostics", dest="diagnostics", action="store_false")
     p.add_argument("--probe-size", type=int, default=200, help="examples used by diagnostics")
     p.add_argument("--split", default="test", choices=("train", "test"))
@@ -255,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list the registered models, activations or datasets",
                          epilog="examples:\n  robustact list activations\n",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    lst.add_argument("what", choices=("models", "activations", "datasets", "attacks"))
+    lst.add_argument("what", choices=("models", "activations", "datasets", "attacks", "suites"))
     data = sub.add_parser("data", help="find or download datasets",
                           epilog="examples:\n  robustact data fetch fashion_mnist\n"
                                  "  robustact data fetch cifar10 --data-dir ~/data\n",
@@ -415,33 +421,41 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from robustact.eval.checkpoint import attack_checkpoint, write_robustness
 
     specs = [a for a in (n.strip() for n in args.attacks.split(",")) if a] + list(args.attack)
-    if not specs:
-        raise ConfigError("give attacks with --attacks fgsm,pgd or --attack pgd:steps=40")
+    suite = None if args.suite.strip().lower() == "none" else args.suite
+    if not specs and suite is None:
+        raise ConfigError("--suite none needs attacks: --attacks fgsm,pgd or --attack "
+                          "pgd:steps=40")
+    if suite is not None:
+        from robustact.eval.suites import canonical_suite
+
+        suite = canonical_suite(suite)
+    if args.samples is not None and args.samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {args.samples}")
     eps_list = _eps_list(args.eps)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(specs) * len(eps_list), unit="attack", disable=None)
-    started: list[str] = []
+    bar = tqdm(unit="attack", disable=None)
 
     def progress(message: str) -> None:  # called as each attack starts
-        if started:
-            bar.update(1)
-        started.append(message)
+        bar.update(1)
         bar.set_description(message)
 
     record, report = attack_checkpoint(
-        args.checkpoint, specs, eps_list, args.n, split=args.split, norm=args.norm,
+        args.checkpoint, specs, eps_list, args.n, suite=suite, split=args.split, norm=args.norm,
         n_samples=args.samples, sequential=not args.independent, diagnose=args.diagnostics,
         probe_size=args.probe_size, device=args.device, data_dir=args.data_dir,
         progress=progress)
-    bar.update(bar.total - bar.n)
     bar.close()
     ckpt = Path(args.checkpoint)
     run_dir = ckpt if ckpt.is_dir() else ckpt.parent
     stem = Path(args.out) if args.out else run_dir / f"robustness-{time.strftime('%Y%m%d-%H%M%S')}"
     write_robustness(record, report, stem)
+    mode = (f"suite {suite}, then each listed attack on every point" if suite else
+            "independent attacks" if args.independent else "sequential attacks")
     print(f"{record['model']} / {record['activation']} on {record['dataset']} "
-          f"({report.n} examples, {'independent' if args.independent else 'sequential'} attacks)")
+          f"({report.n} examples, {mode})")
+    if report.suite is not None:
+        print("\n".join(f"  {note}" for note in report.suite.notes))
     print(report.table())
     if report.diagnostics is not None:
         print(report.diagnostics.summary())
@@ -539,6 +553,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         from robustact.models import list_models as names
     elif args.what == "attacks":
         from robustact.attacks import list_attacks as names
+    elif args.what == "suites":
+        from robustact.eval.suites import list_suites as names
     elif args.what == "activations":
         from robustact.activations import list_activations as names
     else:

@@ -5,7 +5,7 @@
     >>> result = pgd(model, x, y)   # result.x_adv, result.success, result.norms, result.queries
     >>> result = pgd(EOT(BPDA(model), n=32), x, y)   # adaptive: surrogate gradients, averaged
 
-White-box: fgsm, bim, pgd, mifgsm, apgd (apgd-ce, apgd-dlr, apgd-t), deepfool; pgd and apgd
+White-box: fgsm, bim, pgd, mifgsm, apgd (apgd-ce, apgd-dlr, apgd-t), fab, cw, deepfool; pgd and apgd
 take targeted=true (AutoAttack's top-scoring wrong classes as targets). Gradient-free:
 square, gradest (the gradient-estimation attack that broke k-WTA), transfer (crafted on a
 surrogate model). Eps is always on the [0, 1] pixel scale.
@@ -13,7 +13,9 @@ surrogate model). Eps is always on the [0, 1] pixel scale.
 
 from robustact.attacks.apgd import APGD, APGDCE, APGDDLR, APGDT
 from robustact.attacks.base import Attack, AttackResult, perturbation_norm, project
+from robustact.attacks.cw import CW
 from robustact.attacks.deepfool import DeepFool
+from robustact.attacks.fab import FAB
 from robustact.attacks.gradient_estimation import GradientEstimation
 from robustact.attacks.losses import LOSSES, get_loss
 from robustact.attacks.pgd import BIM, FGSM, MIFGSM, PGD
@@ -22,13 +24,13 @@ from robustact.attacks.square import Square
 from robustact.attacks.transfer import Transfer
 from robustact.attacks.wrappers import BPDA, EOT, is_randomized
 
-for _cls in (FGSM, BIM, PGD, MIFGSM, APGD, APGDCE, APGDDLR, APGDT, DeepFool, Square,
+for _cls in (FGSM, BIM, PGD, MIFGSM, APGD, APGDCE, APGDDLR, APGDT, FAB, CW, DeepFool, Square,
              GradientEstimation, Transfer):
     ATTACKS.add(_cls.name, _cls)
 
 __all__ = [
-    "APGD", "APGDCE", "APGDDLR", "APGDT", "ATTACKS", "BIM", "BPDA", "EOT", "FGSM", "LOSSES",
-    "MIFGSM", "PGD", "Attack", "AttackResult", "DeepFool", "GradientEstimation", "Square",
+    "APGD", "APGDCE", "APGDDLR", "APGDT", "ATTACKS", "BIM", "BPDA", "CW", "EOT", "FAB", "FGSM",
+    "LOSSES", "MIFGSM", "PGD", "Attack", "AttackResult", "DeepFool", "GradientEstimation", "Square",
     "Transfer",
     "create_attack", "get_loss", "is_randomized", "list_attacks", "perturbation_norm", "project",
 ]

@@ -1,5 +1,5 @@
 """Square Attack (Andriushchenko, Croce, Flammarion, Hein, ECCV 2020, arXiv 1912.00049):
-a score-based random search over localized square perturbations. L-inf only."""
+a score-based random search over localized square perturbations, L-inf and L2."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from torch import nn
 from robustact.attacks.base import Attack, subset_queries
 from robustact.attacks.losses import margin
 from robustact.errors import ConfigError
+
+_TINY = 1e-12  # keeps L2 normalisations finite
 
 #: (upper end of the rescaled iteration range, divisor of p_init) of the paper's schedule
 _P_SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
@@ -38,32 +40,82 @@ def square_side(p: float, n_features: int, channels: int, height: int, width: in
     return min(side, height, width)
 
 
+def square_side_l2(p: float, n_features: int, channels: int, height: int, width: int) -> int:
+    """Side of the L2 windows: round(sqrt(p * n_features / c)), at least 3 and odd (as the
+    reference code), at most the image side."""
+    side = max(round(math.sqrt(p * n_features / channels)), 3)
+    side += 1 - side % 2
+    return min(side, height, width)
+
+
+def meta_pattern(side: int, *, device: torch.device | None = None,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(side, side) the paper's L2 "meta-pattern", unit L2 norm: a centred bump on the top
+    ``side // 2`` rows and the negated bump on the others (see :func:`_bump`)."""
+    pattern = torch.cat([_bump(side // 2, side, device, dtype),
+                         -_bump(side - side // 2, side, device, dtype)])
+    return pattern / pattern.norm()
+
+
+def _bump(rows: int, cols: int, device: torch.device | None, dtype: torch.dtype) -> torch.Tensor:
+    """(rows, cols), unit L2 norm: the sum of nested centred rectangles, the k-th (k = 0, 1, ...;
+    Chebyshev radius k around (rows // 2, cols // 2)) weighted 1 / (k + 1)^2. So an entry at
+    Chebyshev distance d from the centre holds sum_{k=d}^{K-1} 1/(k+1)^2, K = max(rows,
+    cols) // 2 + 1."""
+    if rows == 0:
+        return torch.zeros(0, cols, device=device, dtype=dtype)
+    dist_r = (torch.arange(rows, device=device) - rows // 2).abs()
+    dist_c = (torch.arange(cols, device=device) - cols // 2).abs()
+    dist = torch.maximum(dist_r[:, None], dist_c[None, :])
+    radii = max(rows // 2, cols // 2) + 1
+    weights = torch.arange(1, radii + 1, device=device, dtype=dtype).pow(-2)
+    tail = weights.flip(0).cumsum(0).flip(0)  # tail[d] = sum of weights[d:]
+    bump = tail[dist]
+    return bump / bump.norm()
+
+
 def true_minus_other(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(B,) true logit minus the best other logit; Square minimises it (< 0 = misclassified)."""
     return -margin(logits, y)
 
 
 class Square(Attack):
-    """Square Attack, L-inf, on the margin loss (true logit minus best other logit).
+    """Square Attack, L-inf or L2, on the margin loss (true logit minus best other logit).
 
-    Per restart: start from vertical stripes (each column of each channel at +eps or -eps), then
-    repeat: draw for each example not yet fooled a square window (random position) and a sign
-    per channel, set the perturbation inside the window to +-eps, query the model and keep the
-    new point if its margin is lower. The square's area is p * n_features / c with p from
+    L-inf, per restart: start from vertical stripes (each column of each channel at +eps or
+    -eps), then repeat: draw for each example not yet fooled a square window (random position)
+    and a sign per channel, set the perturbation inside the window to +-eps, query the model and
+    keep the new point if its margin is lower. The square's area is p * n_features / c with p from
     :func:`square_p`. Each example gets its own window (the reference draws one for the batch) and
     signs are redrawn (up to 10 times) when they would leave the window unchanged, as in the
-    authors' original code. Examples stop being queried once fooled; the run ends when all are.
+    authors' original code.
+
+    L2 (the paper's section 3.2), per restart: start from a grid of ``min(h, w) // 5``-sided tiles
+    (whole tiles only, centred), each holding the :func:`meta_pattern` (transposed at random) times
+    a random sign per channel, scaled onto the eps-sphere. Then repeat: draw for each example two
+    windows of side :func:`square_side_l2` (p from the same schedule); per channel, the new
+    content of the first window is the meta-pattern (random sign, random transpose) plus the old
+    content of that window normalised, rescaled so that it carries the perturbation mass of both
+    windows plus an equal share of any budget left below eps (after [0, 1] clipping); the second
+    window is zeroed (the mass moves from it to the first). The perturbation is rescaled onto the
+    eps-sphere and clipped to [0, 1]; the new point is kept if its margin is lower. As in
+    AutoAttack, the mass is counted per channel; torchattacks 3.5 counts the two windows over all
+    channels together (the same for one channel), and both draw one window pair and transpose
+    per batch and iteration, where each example gets its own here.
+
+    Both norms: examples stop being queried once fooled; the run ends when all are.
 
     Query budget: ``queries`` counts every forward pass spent on an example in one restart,
-    including the stripes initialisation and, in the first restart, the check of the clean
+    including the initialisation (stripes or grid) and, in the first restart, the check of the clean
     prediction (examples misclassified before the attack are returned unchanged and cost 1
     query). So an example spends at most ``restarts * queries`` forwards in ``run``; the
     ``queries`` of the result also counts the base class's final judging pass (+1). The
-    reference's ``n_queries=5000`` allows 5001 forwards (stripes + 5000 squares) besides its clean
-    check: one more square than ``queries=5001`` here.
+    reference's ``n_queries=5000`` allows 5001 forwards (initialisation + 5000 squares) besides its
+    clean check: one more square than ``queries=5001`` here.
 
     Args:
-        eps: L-inf radius on the [0, 1] scale.
+        eps: L-inf or L2 radius on the [0, 1] scale.
+        norm: "linf" or "l2".
         queries: forward passes per example and restart (>= 2).
         p_init: initial fraction of the image a square covers (AutoAttack's 0.8; the paper
             used 0.05 on ImageNet).
@@ -72,7 +124,7 @@ class Square(Attack):
 
     name = "square"
     gradient_free = True
-    norms = ("linf",)
+    norms = ("linf", "l2")
 
     def __init__(
         self, *, eps: float, norm: str = "linf", queries: int = 5000, p_init: float = 0.8,
@@ -120,27 +172,22 @@ class Square(Attack):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``budget`` forwards per example (``idx``: positions in the batch): stripes, then
         ``budget - 1`` squares. Returns (best point, fooled, best margin)."""
-        n, c, h, w = x.shape
-        stripes = torch.randint(0, 2, (n, c, 1, w), device=x.device).to(x.dtype) * 2 - 1
-        x_best = self.project(x, x + self.eps * stripes)
+        x_best = self._init_l2(x) if self.norm == "l2" else self._init_linf(x)
         with subset_queries(model, idx):
             logits = model(x_best)
         margin_best = true_minus_other(logits, y)
         fooled = logits.argmax(1) != y
         n_iter = budget - 1
-        rows = torch.arange(h, device=x.device)
-        cols = torch.arange(w, device=x.device)
         for i in range(n_iter):
             active = (~fooled).nonzero().squeeze(1)
             if active.numel() == 0:
                 break
-            s = square_side(square_p(i, n_iter, self.p_init), c * h * w, c, h, w)
+            p = square_p(i, n_iter, self.p_init)
             xa, xb = x[active], x_best[active]
-            top = torch.randint(0, h - s + 1, (active.numel(),), device=x.device)
-            left = torch.randint(0, w - s + 1, (active.numel(),), device=x.device)
-            inside = (((rows >= top[:, None]) & (rows < top[:, None] + s))[:, None, :, None]
-                      & ((cols >= left[:, None]) & (cols < left[:, None] + s))[:, None, None, :])
-            x_new = self._propose(xa, xb, inside)
+            if self.norm == "l2":
+                x_new = self._propose_l2(xa, xb, p)
+            else:
+                x_new = self._propose_linf(xa, xb, p)
             with subset_queries(model, idx[active]):
                 logits = model(x_new)
             new_margin = true_minus_other(logits, y[active])
@@ -151,6 +198,21 @@ class Square(Attack):
             fooled[keep] = logits.argmax(1)[better] != y[keep]
             self.record_loss(-margin_best)
         return x_best, fooled, margin_best
+
+    # ---- L-inf ----------------------------------------------------------------------------------
+    def _init_linf(self, x: torch.Tensor) -> torch.Tensor:
+        """Vertical stripes: each column of each channel at +eps or -eps, clipped to [0, 1]."""
+        n, c, _, w = x.shape
+        stripes = torch.randint(0, 2, (n, c, 1, w), device=x.device).to(x.dtype) * 2 - 1
+        return self.project(x, x + self.eps * stripes)
+
+    def _propose_linf(self, x: torch.Tensor, x_best: torch.Tensor, p: float) -> torch.Tensor:
+        """x_best with one random square window per example (area fraction ``p``) redrawn."""
+        b, c, h, w = x.shape
+        s = square_side(p, c * h * w, c, h, w)
+        top = torch.randint(0, h - s + 1, (b,), device=x.device)
+        left = torch.randint(0, w - s + 1, (b,), device=x.device)
+        return self._propose(x, x_best, _window(top, left, s, h, w))
 
     def _propose(self, x: torch.Tensor, x_best: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
         """x_best with the perturbation inside each example's window set to +-eps per channel."""
@@ -166,7 +228,80 @@ class Square(Attack):
                 xr, torch.where(inside[redo], xr + self.eps * _signs(xr), x_best[redo]))
         return x_new
 
+    # ---- L2 -------------------------------------------------------------------------------------
+    def _init_l2(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, c, h, w) the grid of signed meta-patterns on the eps-sphere, clipped to [0, 1]."""
+        n, c, h, w = x.shape
+        side = max(min(h, w) // 5, 1)
+        top, left = max((h - 5 * side) // 2, 0), max((w - 5 * side) // 2, 0)
+        tiles_h, tiles_w = (h - top) // side, (w - left) // side
+        pattern = meta_pattern(side, device=x.device, dtype=x.dtype)
+        flip = torch.rand(n, 1, tiles_h, tiles_w, 1, 1, device=x.device) < 0.5
+        tiles = torch.where(flip, pattern.T, pattern) * _signs_like(x, (tiles_h, tiles_w, 1, 1))
+        grid = tiles.permute(0, 1, 2, 4, 3, 5).reshape(n, c, tiles_h * side, tiles_w * side)
+        delta = torch.zeros_like(x)
+        delta[:, :, top:top + tiles_h * side, left:left + tiles_w * side] = grid
+        return self._onto_sphere(x, delta)
+
+    def _propose_l2(self, x: torch.Tensor, x_best: torch.Tensor, p: float) -> torch.Tensor:
+        """x_best with the perturbation mass of a second window moved into a first one (per
+        example and channel), on the eps-sphere. Shapes (b, c, h, w)."""
+        b, c, h, w = x.shape
+        s = square_side_l2(p, c * h * w, c, h, w)
+        tops = torch.randint(0, h - s + 1, (2, b), device=x.device)
+        lefts = torch.randint(0, w - s + 1, (2, b), device=x.device)
+        first, second = _window(tops[0], lefts[0], s, h, w), _window(tops[1], lefts[1], s, h, w)
+        delta = x_best - x
+        energy = delta.square()
+        norm_first = _spatial_sum(energy * first).sqrt()  # (b, c, 1, 1)
+        norm_both = _spatial_sum(energy * (first | second)).sqrt()
+        spare = (self.eps ** 2 - energy.sum((1, 2, 3), keepdim=True)).clamp_min(0.0)
+        content = (_placed_patterns(tops[0], lefts[0], s, h, w, x.dtype) * _signs(x)
+                   + delta * first / (norm_first + _TINY))
+        content = content * ((spare / c + norm_both ** 2).sqrt()
+                             / (_spatial_sum(content.square()).sqrt() + _TINY))
+        delta = torch.where(first, content, delta.masked_fill(second, 0.0))
+        return self._onto_sphere(x, delta)
+
+    def _onto_sphere(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """x + delta rescaled to L2 norm eps, clipped to [0, 1]."""
+        norms = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        return (x + self.eps * delta / (norms + _TINY)).clamp(0.0, 1.0)
+
+
+def _placed_patterns(top: torch.Tensor, left: torch.Tensor, s: int, h: int, w: int,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """(b, 1, h, w) zeros with the meta-pattern (transposed at random per example) in each
+    example's window."""
+    b = top.shape[0]
+    pattern = meta_pattern(s, device=top.device, dtype=dtype)
+    flip = torch.rand(b, 1, 1, device=top.device) < 0.5
+    offsets = torch.arange(s, device=top.device)
+    rows, cols = top[:, None] + offsets, left[:, None] + offsets  # (b, s)
+    placed = torch.zeros(b, 1, h, w, device=top.device, dtype=dtype)
+    placed[torch.arange(b, device=top.device)[:, None, None], 0, rows[:, :, None],
+           cols[:, None, :]] = torch.where(flip, pattern.T, pattern)
+    return placed
+
+
+def _window(top: torch.Tensor, left: torch.Tensor, s: int, h: int, w: int) -> torch.Tensor:
+    """(b, 1, h, w) bool: the s x s window at (top, left) (each (b,)) of each example."""
+    rows = torch.arange(h, device=top.device)
+    cols = torch.arange(w, device=top.device)
+    return (((rows >= top[:, None]) & (rows < top[:, None] + s))[:, None, :, None]
+            & ((cols >= left[:, None]) & (cols < left[:, None] + s))[:, None, None, :])
+
+
+def _spatial_sum(t: torch.Tensor) -> torch.Tensor:
+    """(b, c, h, w) -> (b, c, 1, 1)."""
+    return t.sum((2, 3), keepdim=True)
+
+
+def _signs_like(x: torch.Tensor, tail: tuple[int, ...]) -> torch.Tensor:
+    """(N, C, *tail) random +-1 in x's dtype."""
+    return torch.randint(0, 2, (*x.shape[:2], *tail), device=x.device).to(x.dtype) * 2 - 1
+
 
 def _signs(x: torch.Tensor) -> torch.Tensor:
     """(N, C, 1, 1) random +-1, one per example and channel."""
-    return torch.randint(0, 2, (*x.shape[:2], 1, 1), device=x.device).to(x.dtype) * 2 - 1
+    return _signs_like(x, (1, 1))

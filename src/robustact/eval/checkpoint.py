@@ -24,9 +24,10 @@ def attack_checkpoint(
     eps_list: Sequence[float],
     n: int | None = None,
     *,
+    suite: str | None = None,
     split: str = "test",
     norm: str | None = None,
-    n_samples: int = 1,
+    n_samples: int | None = 1,
     sequential: bool = True,
     diagnose: bool = True,
     probe_size: int = 200,
@@ -36,16 +37,19 @@ def attack_checkpoint(
     progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], RobustnessReport]:
     """Load ``checkpoint`` (file or run directory), evaluate the first ``n`` images of its
-    dataset's ``split`` under ``attacks`` at every eps; returns (JSON-ready record, report).
-    ``defense`` (``{"defense": "sap", "frac": 1.0}``) is applied post hoc before evaluating."""
+    dataset's ``split`` under the ``suite`` (``adaptive``, ``autoattack``, ...) and the listed
+    ``attacks`` at every eps; returns (JSON-ready record, report). ``defense``
+    (``{"defense": "sap", "frac": 1.0}``) is applied post hoc before evaluating."""
     specs = [AttackSpec.parse(a) for a in attacks]
-    if not specs:
-        raise ConfigError("give attacks, e.g. fgsm,pgd or pgd:steps=40")
+    if not specs and suite in (None, "none"):
+        raise ConfigError("give a suite (adaptive, autoattack, autoattack-rand) or attacks, "
+                          "e.g. fgsm,pgd or pgd:steps=40")
     if norm:
         for spec in specs:
             spec.kwargs.setdefault("norm", norm)
     model, config, loader = _load(checkpoint, n, split, device, data_dir, defense)
-    report = evaluate(model, loader, specs, eps_list, n_examples=n, n_samples=n_samples,
+    report = evaluate(model, loader, specs, eps_list, n_examples=n, suite=suite,
+                      norm=norm or "linf", n_samples=n_samples,
                       sequential=sequential, diagnose=diagnose, probe_size=probe_size,
                       progress=progress)
     record = {"checkpoint": str(checkpoint), "model": config["model"], "defense": defense,

@@ -4,13 +4,27 @@ Each check says in plain words what it saw. They follow the checklist of Carlini
 AutoAttack's warnings and Pintor et al. 2022's indicators of attack failure:
 
 - ``randomized_without_eot``: repeated forward passes differ but no gradient attack used EOT;
-- ``iterative_worse_than_single_step``: an iterative attack left more points robust than FGSM;
+- ``iterative_worse_than_single_step``: FGSM broke significantly more of the probed points
+  than the strongest iterative attack did on the same points;
 - ``blackbox_beats_whitebox``: a gradient-free or transfer attack broke points that every
   white-box attack left robust;
 - ``no_collapse_at_large_eps``: accuracy does not fall to ~0 at a very large eps;
 - ``bad_gradients``: a large fraction of the input gradients is exactly zero or not finite;
 - ``loss_not_rising``: an iterative attack's loss did not increase over its iterations;
-- ``not_converged``: twice the iterations and more restarts still lower the accuracy.
+- ``not_converged``: the strongest attack with twice the iterations and more restarts (on a
+  randomized model: more EOT passes) breaks points the whole evaluation left robust;
+- ``overestimates``: an attack reported on its own (a paper-style attack beside a suite, or
+  any attack run independently) left robust points that other attacks broke; the message says
+  by how much it overestimates robustness.
+
+The probes use the strongest gradient attack of the evaluation (the iterative white-box attack
+with the most EOT passes, BPDA first, then the first listed), with its EOT and BPDA, and reuse
+the main run's outcomes instead of recomputing them: FGSM is compared with the strongest
+attack's own results on the same points, and the stronger run attacks only the points the
+whole evaluation left robust. Differences between two runs on the same points are judged by
+an exact McNemar test on the points where they disagree (significant at 5%), not by a fixed
+tolerance. On a randomized model each judging is the double judging of
+:func:`robustact.eval.randomness.judge`.
 
 One more check is not about the attacks: ``degenerate_predictions`` fires when the model gives
 (nearly) the same answer to every input, or is no better than always answering the most common
@@ -29,9 +43,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.eval.robustness import AttackSpec, RobustnessReport, predict
+from robustact.eval.randomness import judge, predict
+from robustact.eval.robustness import AttackOutcome, AttackSpec, RobustnessReport
+from robustact.eval.stats import mcnemar_exact, significantly_more
 
-ITERATIVE = ("pgd", "bim", "mifgsm", "apgd", "apgd_ce", "apgd_dlr")
+ITERATIVE = ("pgd", "bim", "mifgsm", "apgd", "apgd_ce", "apgd_dlr", "apgd_t")
 NO_MASKING = "no sign of gradient masking"
 DEGENERATE = "degenerate_predictions"
 
@@ -76,35 +92,72 @@ class Diagnostics:
 
 
 def _tolerance(n: int) -> float:
-    """Accuracy differences below this are noise for diagnostics on n points: 5 points of 100
-    (a plain ReLU network gains a few points from more restarts without masking anything)."""
+    """How far above the majority label's rate a clean accuracy must be not to read as
+    chance: 5 points of 100 (used by the degenerate-predictions check only)."""
     return max(0.05, 5.0 / max(n, 1))
 
 
 def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, report: RobustnessReport,
              specs: list[AttackSpec], *, probe_size: int = 200, n_samples: int = 1) -> Diagnostics:
     """Run every check (see the module docstring); ``specs`` are the evaluated attacks."""
-    probe = report.clean_correct.nonzero().squeeze(1)[:probe_size]
-    px, py = x[probe], y[probe]
+    probe = torch.zeros_like(report.clean_correct)
+    probe[report.clean_correct.nonzero().squeeze(1)[:probe_size]] = True
     eps = max(report.eps_list)
     white = [s for s in specs if not _gradient_free(s)]
     norm = white[0].kwargs.get("norm", "linf") if white else "linf"
-    iterative = next((s for s in white if _canonical(s.name) in ITERATIVE),
-                     AttackSpec("pgd", {"steps": 20, "norm": norm}))
+    strongest = _strongest(report, specs, eps)
     checks = [
         _check_degenerate(model, x, y, n_samples),
-        _check_randomized(model, px, specs),
+        _check_randomized(report, specs),
         _check_bad_gradients(report),
         _check_loss_trace(report),
         _check_blackbox(report),
+        _check_overestimates(report),
     ]
-    if len(probe):
-        checks += [
-            _check_single_step(model, px, py, eps, iterative, norm, n_samples),
-            _check_large_eps(model, px, py, iterative, norm, eps, n_samples),
-            _check_convergence(model, px, py, eps, iterative, n_samples),
-        ]
+    if probe.any():
+        judge_on = _Judge(model, x, y, n_samples, report.randomized)
+        spec = strongest[0] if strongest else AttackSpec("pgd", {"steps": 20, "norm": norm})
+        checks.append(_check_large_eps(judge_on, probe, spec, norm, eps))
+        if strongest is not None:
+            checks += [_check_single_step(judge_on, probe, *strongest, norm),
+                       _check_convergence(judge_on, probe, *strongest, report)]
     return Diagnostics(checks)
+
+
+@dataclass
+class _Judge:
+    """Runs an attack on a subset of the evaluated points and judges it as the main run does."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    n_samples: int
+    randomized: bool
+
+    def correct(self, spec: AttackSpec, eps: float, mask: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: not broken by ``spec`` at ``eps`` on the points of ``mask`` (True
+        elsewhere). On a randomized model a point counts as broken only if both judgings are
+        wrong, so judging noise never reads as a probe's success."""
+        index = mask.nonzero().squeeze(1)
+        out = torch.ones_like(mask)
+        if index.numel():
+            result = spec.build(eps)(spec.wrap(self.model), self.x[index], self.y[index])
+            out[index] = ~judge(self.model, result.x_adv, self.y[index], self.n_samples,
+                                self.randomized).broken
+        return out
+
+
+def _strongest(report: RobustnessReport, specs: list[AttackSpec],
+               eps: float) -> tuple[AttackSpec, AttackOutcome] | None:
+    """The iterative white-box attack with the most EOT passes (BPDA first, then the first
+    listed) and its outcome at ``eps``."""
+    ranked = [(i, s) for i, s in enumerate(specs)
+              if not _gradient_free(s) and _canonical(s.name) in ITERATIVE]
+    if not ranked:
+        return None
+    _, spec = min(ranked, key=lambda p: (-(p[1].eot or 0), not p[1].bpda, p[0]))
+    outcome = next((o for o in report.outcomes if o.label == spec.label and o.eps == eps), None)
+    return (spec, outcome) if outcome is not None else None
 
 
 def _canonical(name: str) -> str:
@@ -115,12 +168,6 @@ def _gradient_free(spec: AttackSpec) -> bool:
     from robustact.attacks import ATTACKS
 
     return bool(getattr(ATTACKS.get(spec.name), "gradient_free", False))
-
-
-def _probe_accuracy(model: nn.Module, spec: AttackSpec, eps: float, x: torch.Tensor,
-                    y: torch.Tensor, n_samples: int) -> float:
-    result = spec.build(eps)(spec.wrap(model), x, y)
-    return (predict(model, result.x_adv, n_samples).cpu() == y).float().mean().item()
 
 
 def _check_degenerate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -145,10 +192,8 @@ def _check_degenerate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                   "accuracy": accuracy})
 
 
-def _check_randomized(model: nn.Module, x: torch.Tensor, specs: list[AttackSpec]) -> Check:
-    from robustact.attacks.wrappers import is_randomized
-
-    randomized = bool(len(x)) and is_randomized(model, x[:16])
+def _check_randomized(report: RobustnessReport, specs: list[AttackSpec]) -> Check:
+    randomized = report.randomized
     eot = [s.label for s in specs if s.eot and not _gradient_free(s)]
     fired = randomized and not eot
     if not randomized:
@@ -157,8 +202,14 @@ def _check_randomized(model: nn.Module, x: torch.Tensor, specs: list[AttackSpec]
         message = f"the model is randomized and was attacked with EOT ({', '.join(eot)})"
     else:
         message = ("the model is randomized (repeated forward passes differ) but no gradient "
-                   "attack used EOT; add eot=N to an attack (e.g. pgd:eot=32)")
-    return Check("randomized_without_eot", fired, message, {"randomized": randomized})
+                   "attack used EOT; add eot=N to an attack (e.g. pgd:eot=32) or use the "
+                   "adaptive suite")
+    flips = sum(o.flips for o in report.outcomes) + report.clean_flips
+    if randomized:
+        message += (f"; predictions averaged over {report.n_samples} passes, judged twice: "
+                    f"{flips} judgings of a point disagreed")
+    return Check("randomized_without_eot", fired, message,
+                 {"randomized": randomized, "flips": flips, "n_samples": report.n_samples})
 
 
 def _check_bad_gradients(report: RobustnessReport) -> Check:
@@ -216,55 +267,106 @@ def _check_blackbox(report: RobustnessReport) -> Check:
                  details)
 
 
-def _check_single_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-                       iterative: AttackSpec, norm: str, n_samples: int) -> Check:
-    fgsm = AttackSpec("fgsm", {"norm": norm}, eot=iterative.eot, bpda=iterative.bpda)
-    acc_fgsm = _probe_accuracy(model, fgsm, eps, x, y, n_samples)
-    acc_iter = _probe_accuracy(model, iterative, eps, x, y, n_samples)
-    fired = acc_iter > acc_fgsm + _tolerance(len(y))
-    message = (f"at eps {eps:g} on {len(y)} points: {iterative.label} leaves "
-               f"{100 * acc_iter:.1f}%, FGSM {100 * acc_fgsm:.1f}%")
+def _check_overestimates(report: RobustnessReport) -> Check:
+    """Attacks reported on their own whose robust points other attacks broke."""
+    lines, points, flagged = [], {}, []
+    for o in report.outcomes:
+        independent = o.group == "paper" or (o.group is None and not report.sequential)
+        if not independent:
+            continue
+        worst = report.worst_case(o.eps)
+        over = int((o.correct & ~worst).sum())
+        points[f"{o.label}@{o.eps:g}"] = over
+        if significantly_more(over, 0):
+            flagged.append(f"{o.label}@{o.eps:g}")
+            lines.append(f"{o.label}: {100 * o.robust_accuracy:.1f}% at eps {o.eps:g} where the "
+                         f"worst case is {100 * worst.float().mean().item():.1f}%: {over} points "
+                         "it left robust were broken by other attacks")
+    details = {"points": points, "flagged": flagged}
+    if not points:
+        return Check("overestimates", False, "no attack was reported on its own", details)
+    if lines:
+        return Check("overestimates", True, "; ".join(lines), details)
+    return Check("overestimates", False, "no attack reported on its own overestimates "
+                 "robustness significantly", details)
+
+
+def _check_single_step(judge_on: _Judge, probe: torch.Tensor, spec: AttackSpec,
+                       outcome: AttackOutcome, norm: str) -> Check:
+    points = probe & outcome.attacked
+    fgsm = AttackSpec("fgsm", {"norm": norm}, eot=spec.eot, bpda=spec.bpda)
+    fgsm_correct = judge_on.correct(fgsm, outcome.eps, points)
+    iter_correct = outcome.correct | ~points
+    b = int((points & ~fgsm_correct & iter_correct).sum())  # FGSM broke, iterative did not
+    c = int((points & fgsm_correct & ~iter_correct).sum())
+    n = int(points.sum())
+    fired = significantly_more(b, c)
+    message = (f"at eps {outcome.eps:g} on {n} points: {spec.label} leaves "
+               f"{_pct(iter_correct, points)}, FGSM {_pct(fgsm_correct, points)} (FGSM alone "
+               f"broke {b}, {spec.label} alone {c}; McNemar p = {mcnemar_exact(b, c):.2g})")
     if fired:
         message += ": the iterative attack did worse than a single step"
     return Check("iterative_worse_than_single_step", fired, message,
-                 {"fgsm": acc_fgsm, iterative.label or "iterative": acc_iter, "eps": eps})
+                 {"fgsm_only": b, "iterative_only": c, "points": n, "eps": outcome.eps})
 
 
-def _check_large_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     iterative: AttackSpec, norm: str, eps: float, n_samples: int) -> Check:
+def _pct(correct: torch.Tensor, points: torch.Tensor) -> str:
+    n = int(points.sum())
+    return f"{100 * int((correct & points).sum()) / max(n, 1):.1f}%"
+
+
+def _check_large_eps(judge_on: _Judge, probe: torch.Tensor, iterative: AttackSpec, norm: str,
+                     eps: float) -> Check:
     big = min(1.0, max(0.5, 4 * eps)) if norm == "linf" else max(20.0, 8 * eps)
-    # one run of 50 steps: at this eps an unbroken attack succeeds at once (restarts only cost)
-    kwargs = {**iterative.kwargs, "steps": 50}
-    if "restarts" in kwargs:
-        kwargs["restarts"] = 1
+    # one short run: at this eps an unbroken attack succeeds at once (restarts only cost)
+    kwargs = {**iterative.kwargs, "steps": 20}
+    for key in ("restarts", "n_target_classes"):
+        if key in kwargs:
+            kwargs[key] = 1
     spec = AttackSpec(iterative.name, kwargs, eot=iterative.eot, bpda=iterative.bpda,
                       label=iterative.label)
-    acc = _probe_accuracy(model, spec, big, x, y, n_samples)
+    correct = judge_on.correct(spec, big, probe)
+    acc = int((correct & probe).sum()) / max(int(probe.sum()), 1)
     fired = acc > 0.10
-    message = f"{spec.label} at eps {big:g} leaves {100 * acc:.1f}% of {len(y)} points"
+    message = f"{spec.label} at eps {big:g} leaves {100 * acc:.1f}% of {int(probe.sum())} points"
     message += (": an unbounded attack should reach ~0%, so the attack is failing, not the model "
                 "defending" if fired else " (~0% as it should)")
     return Check("no_collapse_at_large_eps", fired, message, {"eps": big, "accuracy": acc})
 
 
-def _check_convergence(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-                       iterative: AttackSpec, n_samples: int) -> Check:
-    kwargs = dict(iterative.kwargs)
-    base_acc = _probe_accuracy(model, iterative, eps, x, y, n_samples)
-    # the attack's own resolved settings: steps may be a rule ("ceil" for BIM) or a default
-    built = iterative.build(eps)
+def _check_convergence(judge_on: _Judge, probe: torch.Tensor, spec: AttackSpec,
+                       outcome: AttackOutcome, report: RobustnessReport) -> Check:
+    eps = outcome.eps
+    survivors = probe & report.worst_case(eps)
+    stronger = _stronger(spec, eps, report.randomized)
+    correct = judge_on.correct(stronger, eps, survivors)
+    broken = int((survivors & ~correct).sum())
+    n_probe = int(probe.sum())
+    fired = significantly_more(broken, 0)
+    message = (f"at eps {eps:g}: {stronger.label} on the {int(survivors.sum())} of {n_probe} "
+               f"probed points every attack left robust broke {broken} "
+               f"(McNemar p = {mcnemar_exact(broken, 0):.2g})")
+    if fired:
+        message += (f": the evaluation has not converged; its worst case overestimates "
+                    f"robustness by about {100 * broken / max(n_probe, 1):.1f} points")
+    return Check("not_converged", fired, message,
+                 {"survivors": int(survivors.sum()), "broken": broken, "eps": eps,
+                  "settings": {**stronger.kwargs, "eot": stronger.eot, "bpda": stronger.bpda}})
+
+
+def _stronger(spec: AttackSpec, eps: float, randomized: bool) -> AttackSpec:
+    """``spec`` with twice the iterations at the same step and two more restarts or, on a
+    randomized model, four times the EOT passes (at least 16) instead of the restarts (the
+    noise of the gradient is what limits an attack there)."""
+    kwargs = dict(spec.kwargs)
+    built = spec.build(eps)  # the attack's own resolved settings (BIM's steps may be a rule)
     steps = int(getattr(built, "steps", kwargs.get("steps", 40)))
     stronger = {**kwargs, "steps": 2 * steps}
-    if _canonical(iterative.name) in ("pgd", "apgd", "apgd_ce", "apgd_dlr"):
-        stronger["restarts"] = int(kwargs.get("restarts", 1)) + 2
+    restartable = _canonical(spec.name) in ("pgd", "apgd", "apgd_ce", "apgd_dlr", "apgd_t")
+    if restartable and not randomized:
+        stronger["restarts"] = int(getattr(built, "restarts", 1)) + 2
     if "rel_step" not in kwargs and hasattr(built, "step_size"):  # APGD adapts its own
         stronger["step_size"] = float(built.step_size)  # same step, twice as many
-    spec = AttackSpec(iterative.name, stronger, eot=iterative.eot, bpda=iterative.bpda)
-    more_acc = _probe_accuracy(model, spec, eps, x, y, n_samples)
-    fired = more_acc < base_acc - _tolerance(len(y))
-    message = (f"at eps {eps:g}: {iterative.label} leaves {100 * base_acc:.1f}%, with 2x steps "
-               f"and more restarts {100 * more_acc:.1f}%")
-    if fired:
-        message += ": the attack has not converged; the reported accuracy is an overestimate"
-    return Check("not_converged", fired, message,
-                 {"base": base_acc, "stronger": more_acc, "settings": stronger, "eps": eps})
+    eot = max(4 * (spec.eot or 1), 16) if randomized else spec.eot
+    label = f"{spec.label} x2 steps" + (f", eot {eot}" if eot != spec.eot else "")
+    return AttackSpec(spec.name, stronger, eot=eot, bpda=spec.bpda, label=label)

@@ -1,18 +1,27 @@
 """Robust accuracy under a suite of attacks, per example, with confidence intervals.
 
-    report = evaluate(model, loader, ["fgsm", "pgd:steps=40", "deepfool", "square"],
-                      eps_list=[0.1, 0.2], n_examples=1000)
+    report = evaluate(model, loader, ["fgsm", "pgd:steps=40", "deepfool"], eps_list=[0.1],
+                      suite="adaptive", n_examples=1000)
     report.table()          # robust accuracy per attack and eps, and the worst case
     report.diagnostics      # gradient-masking checks and the verdict
 
-Attacks run in sequence, each only on the points still robust (AutoAttack's order of work);
-``sequential=False`` runs every attack on every clean-correct point, so each attack's number
-stands alone (the seed papers' tables). A randomized model is judged on predictions averaged
-over ``n_samples`` forward passes: an attack succeeds only if the averaged prediction is wrong.
+``suite`` names a preset (:mod:`robustact.eval.suites`: ``adaptive``, ``autoattack``,
+``autoattack-rand``), resolved for the model: its attacks run in sequence, each only on the
+points still robust (AutoAttack's order of work). The attacks listed beside it are the
+paper-style ones: each runs on every clean-correct point, so its number stands alone (the seed
+papers' tables), and the diagnostics say by how much it overestimates robustness. Without a
+suite the listed attacks run in sequence, or (``sequential=False``) each on every clean-correct
+point. The worst case of a point is over every attack run at that eps.
+
+A randomized model is judged on predictions averaged over ``n_samples`` forward passes (None:
+as many as a stable decision needs, :func:`robustact.eval.randomness.stable_samples`), twice
+with independent draws: a point is robust only if both judgings are right, and the points
+where they disagree are counted (``flips``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,90 +30,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.attacks import Attack, create_attack
 from robustact.errors import ConfigError
+from robustact.eval.randomness import judge, predict, stable_samples
+from robustact.eval.spec import AttackSpec
 from robustact.eval.stats import wilson_interval
 
-
-@dataclass
-class AttackSpec:
-    """An attack by registry name and hyperparameters (eps is set per evaluation eps).
-
-    ``eot``: wrap the model in ``EOT(model, eot)`` for this attack (expectation over the
-    randomness); ``bpda``: wrap it in ``BPDA(model)`` (surrogate gradients of masking layers).
-    """
-
-    name: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    eot: int | None = None
-    bpda: bool = False
-    label: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.label is None:
-            extras = ([f"eot{self.eot}"] if self.eot else []) + (["bpda"] if self.bpda else [])
-            self.label = "+".join([self.name, *extras])
-
-    @classmethod
-    def parse(cls, spec: str | dict[str, Any] | AttackSpec) -> AttackSpec:
-        """``"pgd"``, ``"pgd:steps=40,restarts=5,eot=32"``, a dict or an AttackSpec."""
-        if isinstance(spec, AttackSpec):
-            return spec
-        if isinstance(spec, dict):
-            spec = dict(spec)
-            name = spec.pop("name", None)
-            if not name:
-                raise ConfigError(f"attack spec {spec!r} needs a name")
-            return cls(name, eot=spec.pop("eot", None), bpda=bool(spec.pop("bpda", False)),
-                       label=spec.pop("label", None), kwargs=spec)
-        if not isinstance(spec, str) or not spec.strip():
-            raise ConfigError(f"attack spec must be a name, a dict or an AttackSpec: {spec!r}")
-        name, _, rest = spec.partition(":")
-        options: dict[str, Any] = {"name": name.strip()}
-        for item in filter(None, (p.strip() for p in rest.split(","))):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"attack option {item!r} in {spec!r} must be KEY=VALUE")
-            options[key.strip()] = _scalar(value.strip())
-        return cls.parse(options)
-
-    def build(self, eps: float) -> Attack:
-        if self.name == "transfer":
-            return self._build_transfer(eps)
-        return create_attack(self.name, eps=eps, **self.kwargs)
-
-    def _build_transfer(self, eps: float) -> Attack:
-        """``transfer:surrogate=PATH,inner=pgd,steps=40``: the inner attack (default PGD, with
-        the remaining options) runs on the surrogate; PATH is a robustact checkpoint."""
-        kwargs = dict(self.kwargs)
-        surrogate = kwargs.pop("surrogate", None)
-        if surrogate is None:
-            raise ConfigError("transfer needs a surrogate model: transfer:surrogate=CHECKPOINT")
-        name = kwargs.pop("surrogate_name", None)
-        inner = kwargs.pop("inner", "pgd")
-        if isinstance(surrogate, str):
-            from robustact.train.checkpoint import load_model
-
-            name = name or surrogate
-            surrogate, _ = load_model(surrogate)
-        return create_attack("transfer", eps=eps, surrogate=surrogate, surrogate_name=name,
-                             attack=create_attack(inner, eps=eps, **kwargs),
-                             norm=kwargs.get("norm", "linf"))
-
-    def wrap(self, model: nn.Module) -> nn.Module:
-        from robustact.attacks.wrappers import BPDA, EOT
-
-        if self.bpda:
-            model = BPDA(model)
-        if self.eot:
-            model = EOT(model, int(self.eot))
-        return model
-
-
-def _scalar(text: str) -> Any:
-    import yaml
-
-    return yaml.safe_load(text)
+__all__ = ["AttackOutcome", "AttackSpec", "RobustnessReport", "collect", "evaluate", "predict"]
 
 
 @dataclass
@@ -126,6 +57,8 @@ class AttackOutcome:
     loss_trace: list[float] = field(default_factory=list)
     grad_bad_fraction: float | None = None
     queries: float = 0.0  # mean model queries per attacked example
+    group: str | None = None  # "suite", "paper" or None (see AttackSpec)
+    flips: int = 0  # attacked points whose two judgings disagreed (randomized models)
 
     @property
     def robust_accuracy(self) -> float:
@@ -147,6 +80,9 @@ class RobustnessReport:
     sequential: bool
     seconds: float
     diagnostics: Any = None  # robustact.eval.diagnostics.Diagnostics
+    suite: Any = None  # robustact.eval.suites.Suite
+    randomized: bool = False
+    clean_flips: int = 0
 
     @property
     def clean_accuracy(self) -> float:
@@ -174,7 +110,8 @@ class RobustnessReport:
             lo, hi = outcome.interval()
             rows.append(_row(outcome.label, outcome.eps, outcome.robust_accuracy, lo, hi,
                              self.n, seconds=outcome.seconds, queries=outcome.queries,
-                             attacked=int(outcome.attacked.sum())))
+                             attacked=int(outcome.attacked.sum()), group=outcome.group,
+                             flips=outcome.flips))
         for eps in self.eps_list:
             worst = self.worst_case(eps)
             lo, hi = wilson_interval(int(worst.sum()), self.n)
@@ -185,10 +122,14 @@ class RobustnessReport:
         return {
             "n": self.n, "eps_list": self.eps_list, "n_samples": self.n_samples,
             "sequential": self.sequential, "seconds": self.seconds,
-            "clean_accuracy": self.clean_accuracy,
+            "clean_accuracy": self.clean_accuracy, "randomized": self.randomized,
+            "clean_flips": self.clean_flips,
+            "suite": self.suite.to_dict() if self.suite is not None else None,
             "rows": self.rows(),
             "attacks": [{
                 "label": o.label, "name": o.name, "eps": o.eps, "params": o.params,
+                "group": o.group, "flips": o.flips,
+                "suite": self.suite.name if o.group == "suite" and self.suite else None,
                 "gradient_free": o.gradient_free, "eot": o.eot, "bpda": o.bpda,
                 "loss_trace": o.loss_trace, "grad_bad_fraction": o.grad_bad_fraction,
                 "correct": o.correct.int().tolist(), "attacked": o.attacked.int().tolist(),
@@ -214,6 +155,11 @@ class RobustnessReport:
         worst = "".join(f"{100 * self.worst_case(e).float().mean().item():>13.1f}%"
                         for e in self.eps_list)
         lines.append(f"{'worst case':<22}" + worst)
+        if self.randomized:
+            flips = sum(o.flips for o in self.outcomes)
+            lines.append(f"randomized model: predictions averaged over {self.n_samples} passes, "
+                         f"judged twice; the judgings disagreed on {self.clean_flips} clean and "
+                         f"{flips} attacked points (a point is robust only if both are right)")
         return "\n".join(lines)
 
 
@@ -221,22 +167,6 @@ def _row(attack: str, eps: float | None, acc: float, lo: float, hi: float, n: in
          **extra: Any) -> dict[str, Any]:
     return {"attack": attack, "eps": eps, "robust_accuracy": acc, "ci_low": lo, "ci_high": hi,
             "n": n, "robust": round(acc * n), **extra}
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, n_samples: int = 1,
-            batch_size: int = 512) -> torch.Tensor:
-    """(N,) predicted labels; with ``n_samples > 1`` the argmax of the softmax averaged over
-    that many forward passes (the prediction of a randomized model)."""
-    device = next(model.parameters()).device
-    out = []
-    for lo in range(0, x.shape[0], batch_size):
-        xb = x[lo:lo + batch_size].to(device)
-        probs = model(xb).float().softmax(1)
-        for _ in range(n_samples - 1):
-            probs += model(xb).float().softmax(1)
-        out.append(probs.argmax(1))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=device)
 
 
 def collect(data: Iterable[tuple[torch.Tensor, torch.Tensor]] | tuple[torch.Tensor, torch.Tensor],
@@ -263,58 +193,68 @@ def collect(data: Iterable[tuple[torch.Tensor, torch.Tensor]] | tuple[torch.Tens
 def evaluate(
     model: nn.Module,
     data: Iterable[tuple[torch.Tensor, torch.Tensor]] | tuple[torch.Tensor, torch.Tensor],
-    attacks: Sequence[str | dict[str, Any] | AttackSpec],
-    eps_list: Sequence[float],
+    attacks: Sequence[str | dict[str, Any] | AttackSpec] = (),
+    eps_list: Sequence[float] = (),
     n_examples: int | None = None,
     *,
-    n_samples: int = 1,
+    suite: str | None = None,
+    norm: str = "linf",
+    n_samples: int | None = 1,
     sequential: bool = True,
     diagnose: bool = True,
     probe_size: int = 200,
     progress: Callable[[str], None] | None = None,
 ) -> RobustnessReport:
-    """Robust accuracy of ``model`` under every attack at every eps (see the module docstring).
+    """Robust accuracy of ``model`` under ``suite`` and ``attacks`` at every eps (see the
+    module docstring).
 
     Returns per-example correctness for every (attack, eps), the per-example worst case, robust
     accuracies with 95% Wilson intervals, timings, and (``diagnose``) the gradient-masking
     diagnostics computed on up to ``probe_size`` examples.
     """
     specs = [AttackSpec.parse(a) for a in attacks]
-    if not specs:
-        raise ConfigError("give at least one attack, e.g. fgsm,pgd")
-    labels = [s.label for s in specs]
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"two attacks share a label ({', '.join(labels)}); give one of them "
-                          "label=NAME")
+    suite = None if suite in (None, "none") else suite
+    if not specs and suite is None:
+        raise ConfigError("give a suite (adaptive, autoattack, autoattack-rand) or at least one "
+                          "attack, e.g. fgsm,pgd")
     eps_values = [float(e) for e in eps_list]
     if not eps_values or min(eps_values) < 0:
         raise ConfigError(f"eps values must be >= 0, got {list(eps_list)}")
+    if n_samples is not None and n_samples < 1:
+        raise ConfigError(f"n_samples must be >= 1 (or None: as many as a stable decision "
+                          f"needs), got {n_samples}")
     start = time.perf_counter()
     x, y = collect(data, n_examples)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        y_dev = y.to(device)
-        clean = (predict(model, x, n_samples) == y_dev).cpu()
+        resolved, n_samples, randomized = _resolve(model, x, y, suite, norm, n_samples)
+        if resolved is not None:
+            specs = [_as_paper(s) for s in specs]
+        all_specs = (resolved.specs if resolved else []) + specs
+        _check_labels(all_specs)
+        clean = judge(model, x, y.to(device), n_samples, randomized)
         outcomes = []
         for eps in eps_values:
-            alive = clean.clone()
-            for spec in specs:
-                targets = alive if sequential else clean
+            alive = clean.correct.clone()
+            for spec in all_specs:
+                in_sequence = spec.group == "suite" or (spec.group is None and sequential)
+                targets = alive if in_sequence else clean.correct
                 if progress is not None:
                     progress(f"{spec.label} eps={eps:g} on {int(targets.sum())} points")
-                outcome = _run_attack(model, spec, eps, x, y, targets, n_samples)
+                outcome = _run_attack(model, spec, eps, x, y, targets, n_samples, randomized)
                 outcomes.append(outcome)
-                if sequential:
+                if in_sequence:
                     alive &= outcome.correct
-        report = RobustnessReport(n=len(y), eps_list=eps_values, clean_correct=clean,
-                                  outcomes=outcomes, n_samples=n_samples, sequential=sequential,
-                                  seconds=0.0)
+        report = RobustnessReport(n=len(y), eps_list=eps_values, clean_correct=clean.correct,
+                                  outcomes=outcomes, n_samples=n_samples,
+                                  sequential=sequential, seconds=0.0, suite=resolved,
+                                  randomized=randomized, clean_flips=clean.flips)
         if diagnose:
             from robustact.eval.diagnostics import diagnose as run_diagnostics
 
-            report.diagnostics = run_diagnostics(model, x, y, report, specs,
+            report.diagnostics = run_diagnostics(model, x, y, report, all_specs,
                                                  probe_size=probe_size, n_samples=n_samples)
     finally:
         model.train(was_training)
@@ -322,17 +262,49 @@ def evaluate(
     return report
 
 
+def _resolve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str | None, norm: str,
+             n_samples: int | None) -> tuple[Any, int, bool]:
+    """(resolved suite or None, passes per prediction, randomized)."""
+    from robustact.attacks.wrappers import is_randomized
+
+    if suite is not None:
+        from robustact.eval.suites import resolve_suite
+
+        resolved = resolve_suite(suite, model, x, y, norm=norm, n_samples=n_samples)
+        return resolved, resolved.n_samples, resolved.randomized
+    device = next(model.parameters()).device
+    randomized = bool(len(x)) and is_randomized(model, x[:16].to(device))
+    if n_samples is None:
+        n_samples = (stable_samples(model, x[:32].to(device), y[:32].to(device))
+                     if randomized else 1)
+    return None, n_samples, randomized
+
+
+def _as_paper(spec: AttackSpec) -> AttackSpec:
+    return spec if spec.group is not None else dataclasses.replace(spec, group="paper")
+
+
+def _check_labels(specs: list[AttackSpec]) -> None:
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"two attacks share a label ({', '.join(map(str, labels))}); give one "
+                          "of them label=NAME")
+
+
 def _run_attack(model: nn.Module, spec: AttackSpec, eps: float, x: torch.Tensor,
-                y: torch.Tensor, targets: torch.Tensor, n_samples: int) -> AttackOutcome:
+                y: torch.Tensor, targets: torch.Tensor, n_samples: int,
+                randomized: bool) -> AttackOutcome:
     attack = spec.build(eps)
     index = targets.nonzero().squeeze(1)
     correct = targets.clone()
     result = None
+    flips = 0
     start = time.perf_counter()
     if index.numel():
         result = attack(spec.wrap(model), x[index], y[index])
-        still = predict(model, result.x_adv, n_samples).cpu() == y[index]
-        correct[index] = still
+        verdict = judge(model, result.x_adv, y[index], n_samples, randomized)
+        correct[index] = verdict.correct
+        flips = verdict.flips
     return AttackOutcome(
         label=spec.label or spec.name, name=spec.name, eps=eps, correct=correct,
         attacked=targets.clone(), gradient_free=type(attack).gradient_free, eot=spec.eot,
@@ -341,4 +313,5 @@ def _run_attack(model: nn.Module, spec: AttackSpec, eps: float, x: torch.Tensor,
         loss_trace=result.loss_trace if result else [],
         grad_bad_fraction=result.grad_bad_fraction if result else None,
         queries=result.queries.float().mean().item() if result else 0.0,
+        group=spec.group, flips=flips,
     )

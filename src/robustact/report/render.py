@@ -96,6 +96,20 @@ class RunRecords:
     def verdict(self) -> str | None:
         return (self.diagnostics or {}).get("verdict")
 
+    @property
+    def suite(self) -> str | None:
+        """The preset suite the run was evaluated with (None without one)."""
+        return next(((row.get("details") or {}).get("suite") for row in self.results
+                     if (row.get("details") or {}).get("suite")), None)
+
+    @property
+    def overestimating(self) -> set[str]:
+        """``label@eps`` of the attacks the diagnostics found overestimating robustness."""
+        for check in (self.diagnostics or {}).get("checks") or []:
+            if check.get("name") == "overestimates" and check.get("fired"):
+                return set((check.get("details") or {}).get("flagged") or [])
+        return set()
+
 
 def load_records(store: ResultsStore, study: str) -> list[RunRecords]:
     """The records of every run of ``study``, in recording order."""
@@ -175,6 +189,18 @@ def _accuracy_cell(row: dict[str, Any] | None) -> Cell:
     return Cell(pct(row["robust_accuracy"]), ci, row.get("n"), numeric=True)
 
 
+OVERESTIMATE_FLAG = "▲"
+
+
+def _flagged(run: RunRecords, label: str, eps: float) -> Cell:
+    """An attack's accuracy, flagged when the diagnostics found it overestimates robustness."""
+    cell = _accuracy_cell(run.result(label, eps))
+    if f"{label}@{eps:g}" in run.overestimating:
+        cell.text += f" {OVERESTIMATE_FLAG}"
+        cell.css = "warn"
+    return cell
+
+
 def _verdict_cell(verdict: str | None) -> Cell:
     if verdict is None:
         return Cell("-")
@@ -237,23 +263,34 @@ def accuracy_tables(records: list[RunRecords]) -> list[Table]:
     tables = []
     for (dataset, model), runs in groups.items():
         rows = [row for r in runs for row in r.results]
+        # a suite's attacks run in sequence (each number is cumulative): its worst case speaks
+        # for it; the attacks listed beside it (paper-style) stand alone and get columns
         labels = list(dict.fromkeys(row["attack"] for row in rows
-                                    if row["attack"] not in (CLEAN, WORST_CASE)))
+                                    if row["attack"] not in (CLEAN, WORST_CASE)
+                                    and (row.get("details") or {}).get("group") != "suite"))
         eps_values = sorted({row["eps"] for row in rows if row["eps"] is not None})
         columns = [(label, eps) for label in labels for eps in eps_values
                    if any(r.result(label, eps) for r in runs)]
         worst = [eps for eps in eps_values if any(r.result(WORST_CASE, eps) for r in runs)]
+        suites = sorted({str(r.suite) for r in runs if r.suite})
+        suite_note = f" ({', '.join(suites)})" if suites else ""
         header = (["Cell", "Activation", "Training", "A_std"]
                   + [f"{attack_name(label)} ε={format_eps(eps)}" for label, eps in columns]
-                  + [f"Worst case ε={format_eps(eps)}" for eps in worst] + ["Verdict"])
+                  + [f"Worst case{suite_note} ε={format_eps(eps)}" for eps in worst]
+                  + ["Verdict"])
         body = []
         for r in runs:
             body.append([Cell(r.cell), Cell(activation_label(r)), Cell(training_label(r.config)),
                          _accuracy_cell(r.result(CLEAN, None)),
-                         *(_accuracy_cell(r.result(label, eps)) for label, eps in columns),
+                         *(_flagged(r, label, eps) for label, eps in columns),
                          *(_accuracy_cell(r.result(WORST_CASE, eps)) for eps in worst),
                          _verdict_cell(r.verdict)])
-        tables.append(Table(f"{dataset} / {model}", header, body, _table_notes(runs)))
+        notes = _table_notes(runs)
+        if any(c.text.endswith(OVERESTIMATE_FLAG) for row in body for c in row):
+            notes.append(f"{OVERESTIMATE_FLAG}: the attack left robust significantly many points "
+                         "that other attacks broke (exact McNemar test, 5%); it overestimates "
+                         "robustness (see the cell's diagnostics).")
+        tables.append(Table(f"{dataset} / {model}", header, body, notes))
         paired = paired_table(runs)
         if paired is not None:
             tables.append(paired)

@@ -675,7 +675,8 @@ def _evaluation_rows(run_id: int, record: Mapping[str, Any]) -> tuple[dict[str, 
         eps = _float(row.get("eps"))
         attack = attacks.get((row["attack"], eps), {})
         details = {k: attack[k] for k in ("gradient_free", "eot", "bpda", "loss_trace",
-                                          "grad_bad_fraction") if k in attack}
+                                          "grad_bad_fraction", "group", "flips", "suite")
+                   if k in attack}
         accuracy = float(row["robust_accuracy"])
         if math.isnan(accuracy):
             raise ConfigError(f"robustness row {position} ({row['attack']}) has a NaN accuracy")

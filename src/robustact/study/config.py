@@ -21,8 +21,8 @@
     evaluate:
       eps: [0.1]
       n: 1000
-      attacks: ["pgd:steps=50,restarts=10", apgd_dlr, "square:queries=1000"]
-      independent: true             # every attack on every point (the seed tables' way)
+      suite: adaptive               # the default; autoattack, autoattack-rand or none
+      attacks: ["pgd:steps=50", deepfool]   # paper-style, each on every point, beside it
 
 Nested options (``act_kwargs``, ``adversarial``, ...) of a cell are merged into the shared
 ones key by key. A grid cell's id joins its values (``relu``, ``kaf_relu-0.1``). Cells whose
@@ -50,9 +50,12 @@ class _HasId(Protocol):
 
 _C = TypeVar("_C", bound=_HasId)
 
-EVALUATE_KEYS = {"eps", "n", "attacks", "independent", "samples", "diagnose", "probe_size",
+EVALUATE_KEYS = {"eps", "n", "suite", "attacks", "independent", "samples", "diagnose",
+                 "probe_size",
                  "split", "norm", "calibration", "landscape"}
-CELL_KEYS = {"posthoc", "evaluate"}  # cell options that are not training options
+CELL_KEYS = {"posthoc", "evaluate"}
+#: the evaluation every study gets unless its file says ``suite: none`` (or names another)
+DEFAULT_SUITE = "adaptive"  # cell options that are not training options
 
 
 @dataclass
@@ -213,8 +216,19 @@ def _check_evaluate(where: str | Path, evaluate: dict[str, Any]) -> dict[str, An
     if bad:
         raise ConfigError(f"{where}: unknown evaluate key(s) {', '.join(bad)}; valid: "
                           f"{', '.join(sorted(EVALUATE_KEYS))}")
-    if evaluate and not evaluate.get("attacks"):
-        raise ConfigError(f"{where}: evaluate needs a list of attacks")
-    if evaluate and not evaluate.get("eps"):
+    if not evaluate:
+        return evaluate
+    evaluate = {"suite": DEFAULT_SUITE, **evaluate}
+    if str(evaluate["suite"]).lower() == "none":
+        if not evaluate.get("attacks"):
+            raise ConfigError(f"{where}: evaluate with suite: none needs a list of attacks")
+    else:
+        from robustact.eval.suites import canonical_suite
+
+        try:
+            evaluate["suite"] = canonical_suite(evaluate["suite"])
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    if not evaluate.get("eps"):
         raise ConfigError(f"{where}: evaluate needs eps, e.g. eps: [0.1]")
     return evaluate

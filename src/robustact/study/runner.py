@@ -104,14 +104,16 @@ def run_cell(study: StudyConfig, cell: Cell, *, log: Any = print) -> CellResult:
                 store.record_robustness(run_id, json.loads(done.read_text()))
             else:
                 defense = f" with {_posthoc_label(cell.posthoc)}" if cell.posthoc else ""
-                log(f"[{cell.id}] evaluating{defense}: {', '.join(map(str, ev['attacks']))} "
+                suite = None if ev.get("suite", "none") == "none" else ev["suite"]
+                what = [f"suite {suite}"] * bool(suite) + list(map(str, ev.get("attacks", [])))
+                log(f"[{cell.id}] evaluating{defense}: {', '.join(what)} "
                     f"at eps {ev['eps']} on {ev.get('n', 1000)} images")
                 start = time.perf_counter()
                 record, report = attack_checkpoint(
-                    tdir, ev["attacks"], [float(e) for e in ev["eps"]], ev.get("n", 1000),
-                    defense=cell.posthoc,
+                    tdir, ev.get("attacks", []), [float(e) for e in ev["eps"]],
+                    ev.get("n", 1000), suite=suite, defense=cell.posthoc,
                     split=ev.get("split", "test"), norm=ev.get("norm"),
-                    n_samples=ev.get("samples", 1), sequential=not ev.get("independent", False),
+                    n_samples=ev.get("samples"), sequential=not ev.get("independent", False),
                     diagnose=ev.get("diagnose", True), probe_size=ev.get("probe_size", 200),
                     device=cell.train.device,
                     progress=lambda m: log(f"[{cell.id}] {m}"))
