@@ -42,8 +42,11 @@ test: $(STAMP) $(DATA_STAMP) lint
 	$(PY) -m pytest -q
 
 bench: $(STAMP) $(DATA_STAMP)
+	# the original AutoAttack code, for bench/evaluation.py only (not a dependency of robustact)
+	$(PY) -m pip install --quiet --disable-pip-version-check "pyautoattack==0.2.0"
 	$(PY) bench/kwta.py
 	$(PY) bench/attacks.py
+	$(PY) bench/evaluation.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

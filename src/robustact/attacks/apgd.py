@@ -156,23 +156,31 @@ class APGD(Attack):
         *, trace: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One restart on examples x (toward ``target`` if given): (returned point, fooled,
-        best loss)."""
+        best loss).
+
+        At each checkpoint the examples already misclassified retire with their point, and the
+        remaining iterations run on the others only (a batch that is all fooled stops): the
+        result is the same, the cost shrinks with the robust points."""
         shape = (-1, *([1] * (x.dim() - 1)))
-        loss_fn = self.loss_fn if target is None else (
-            lambda logits, labels: self.targeted_loss_fn(logits, labels, target))
+        n = x.shape[0]
+        out_x, out_loss = x.clone(), torch.full((n,), -math.inf, device=x.device)
+        out_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+        pos = torch.arange(n, device=x.device)  # the rows still iterated, as positions in x
+        loss_fn = self._loss_for(target)
         x_adv = self.random_start(x)
         loss, grad, logits = self.input_gradient(model, x_adv, y, loss_fn)
+        last_loss = loss.clone()  # per example, frozen once it retires (for the loss trace)
         fooled = logits.argmax(1) != y
         x_fooled = x_adv.clone()
         x_best, loss_best, grad_best = x_adv.clone(), loss.clone(), grad.clone()
-        eta = torch.full((x.shape[0],), 2 * self.eps, device=x.device)
+        eta = torch.full((n,), 2 * self.eps, device=x.device)
         x_prev = x_adv
         loss_prev = loss.clone()
         checkpoints = set(apgd_checkpoints(self.steps))
         last_check = 0
-        increases = torch.zeros(x.shape[0], device=x.device)
+        increases = torch.zeros(n, device=x.device)
         loss_best_at_check = loss_best.clone()
-        halved_at_check = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        halved_at_check = torch.zeros(n, dtype=torch.bool, device=x.device)
         for k in range(self.steps):
             alpha = 1.0 if k == 0 else self.momentum
             with torch.no_grad():
@@ -180,9 +188,12 @@ class APGD(Attack):
                 x_next = self.project(
                     x, x_adv + alpha * (z - x_adv) + (1 - alpha) * (x_adv - x_prev))
             x_prev, x_adv = x_adv, x_next
-            loss, grad, logits = self.input_gradient(model, x_adv, y, loss_fn, count=~fooled)
+            with subset_queries(model, pos):
+                loss, grad, logits = self.input_gradient(model, x_adv, y, loss_fn,
+                                                         count=~fooled)
             if trace:
-                self.record_loss(loss)
+                last_loss[pos] = loss
+                self.record_loss(last_loss)
             now_fooled = logits.argmax(1) != y
             x_fooled[now_fooled] = x_adv[now_fooled]
             fooled |= now_fooled
@@ -205,8 +216,32 @@ class APGD(Attack):
                 loss_best_at_check = loss_best.clone()
                 increases.zero_()
                 last_check = k + 1
-        out = torch.where(fooled.view(shape), x_fooled, x_best)
-        return out, fooled, loss_best
+                if k + 1 < self.steps and bool(fooled.any()):  # one host sync per checkpoint
+                    done = fooled.nonzero().squeeze(1)
+                    out_x[pos[done]] = x_fooled[done]
+                    out_loss[pos[done]] = loss_best[done]
+                    out_fooled[pos[done]] = True
+                    keep = (~fooled).nonzero().squeeze(1)
+                    if keep.numel() == 0:
+                        return out_x, out_fooled, out_loss
+                    pos, x, y = pos[keep], x[keep], y[keep]
+                    target = None if target is None else target[keep]
+                    loss_fn = self._loss_for(target)
+                    (x_adv, x_prev, x_fooled, x_best, grad, grad_best, loss_best, loss_prev,
+                     eta, increases, loss_best_at_check, halved_at_check, fooled) = (
+                        t[keep] for t in (x_adv, x_prev, x_fooled, x_best, grad, grad_best,
+                                          loss_best, loss_prev, eta, increases,
+                                          loss_best_at_check, halved_at_check, fooled))
+        out_x[pos] = torch.where(fooled.view(shape), x_fooled, x_best)
+        out_loss[pos] = loss_best
+        out_fooled[pos] = fooled
+        return out_x, out_fooled, out_loss
+
+    def _loss_for(self, target: torch.Tensor | None) -> Any:
+        """The per-example loss, toward ``target`` (aligned with the batch) if given."""
+        if target is None:
+            return self.loss_fn
+        return lambda logits, labels: self.targeted_loss_fn(logits, labels, target)
 
 
 class APGDCE(APGD):
