@@ -30,6 +30,29 @@ def train_small_cnn(activation: str = "relu", n: int = 4000, epochs: int = 2,
     return model.eval()
 
 
+def fit_on_fashion(model: nn.Module, n: int = 2000, epochs: int = 5,
+                   lr: float = 3e-3) -> nn.Module:
+    """``model`` trained briefly with Adam on the first ``n`` Fashion-MNIST training images
+    (batches of 50, shuffled from the global RNG: seed before building the model); returned
+    in eval mode."""
+    data = load_dataset("fashion_mnist", "train").subset(n)
+    x, y = data.images.float() / 255, data.labels
+    opt = torch.optim.Adam(model.parameters(), lr)
+    for _ in range(epochs):
+        for batch in torch.randperm(n).split(50):
+            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def fashion_test(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` Fashion-MNIST test images (float in [0, 1]) and labels."""
+    data = load_dataset("fashion_mnist", "test").subset(n)
+    return data.images.float() / 255, data.labels
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """Small models on a shared 2-core machine run many times faster on one intra-op thread;

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import fashion_test, fit_on_fashion
 from robustact.attacks.apgd import APGD, APGDCE, APGDDLR, apgd_checkpoints
 from robustact.attacks.base import Attack, QueryCounter
 from robustact.attacks.gradient_estimation import GradientEstimation, antithetic_gradient
@@ -341,25 +342,10 @@ def test_gradest_validation() -> None:
 @pytest.fixture(scope="module")
 def fashion() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """An MLP trained briefly on 2000 Fashion-MNIST images; 200 test images."""
-    from robustact.data import load_dataset
-
-    try:
-        train = load_dataset("fashion_mnist", "train").subset(2000)
-        test = load_dataset("fashion_mnist", "test").subset(200)
-    except Exception as exc:  # noqa: BLE001 - any missing-data error means skip
-        pytest.skip(f"Fashion-MNIST unavailable: {exc}")
-    x, y = train.images.float() / 255, train.labels
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(5):
-        for batch in torch.randperm(2000).split(50):
-            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    return model, test.images.float() / 255, test.labels
+    model = fit_on_fashion(nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(),
+                                         nn.Linear(64, 10)))
+    return (model, *fashion_test(200))
 
 
 def robust_accuracy(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> float:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import fashion_test, fit_on_fashion
 from robustact.attacks.cw import CW
 from robustact.attacks.losses import margin
 from robustact.errors import ConfigError
@@ -21,25 +22,10 @@ FAR = 100.0  # an eps no perturbation of a [0, 1] image reaches: the projection 
 def fashion() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """An MLP trained briefly on 2000 Fashion-MNIST images; 100 test images it classifies
     correctly (so every success is the attack's doing)."""
-    from robustact.data import load_dataset
-
-    try:
-        train = load_dataset("fashion_mnist", "train").subset(2000)
-        test = load_dataset("fashion_mnist", "test").subset(200)
-    except Exception as exc:  # noqa: BLE001 - any missing-data error means skip
-        pytest.skip(f"Fashion-MNIST unavailable: {exc}")
-    x, y = train.images.float() / 255, train.labels
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(5):
-        for batch in torch.randperm(2000).split(50):
-            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    xt, yt = test.images.float() / 255, test.labels
+    model = fit_on_fashion(nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(),
+                                         nn.Linear(64, 10)))
+    xt, yt = fashion_test(200)
     with torch.no_grad():
         right = model(xt).argmax(1) == yt
     return model, xt[right][:100], yt[right][:100]

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import fashion_test, fit_on_fashion
 from robustact.attacks.square import Square, meta_pattern, square_side_l2
 from robustact.errors import ConfigError
 
@@ -182,26 +183,11 @@ def test_square_validation_l2() -> None:
 @pytest.fixture(scope="module")
 def fashion_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A two-layer strided CNN trained briefly on 2000 Fashion-MNIST images; 100 test images."""
-    from robustact.data import load_dataset
-
-    try:
-        train = load_dataset("fashion_mnist", "train").subset(2000)
-        test = load_dataset("fashion_mnist", "test").subset(100)
-    except Exception as exc:  # noqa: BLE001 - any missing-data error means skip
-        pytest.skip(f"Fashion-MNIST unavailable: {exc}")
-    x, y = train.images.float() / 255, train.labels
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 8, 5, stride=2, padding=2), nn.ReLU(),
                           nn.Conv2d(8, 16, 5, stride=2, padding=2), nn.ReLU(), nn.Flatten(),
                           nn.Linear(16 * 7 * 7, 10))
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(5):
-        for batch in torch.randperm(2000).split(50):
-            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval(), test.images.float() / 255, test.labels
+    return (fit_on_fashion(model), *fashion_test(100))
 
 
 def test_square_l2_as_strong_as_torchattacks(fashion_cnn) -> None:
