@@ -153,6 +153,7 @@ def test_paper_attacks_beside_a_suite_report_their_overestimate(
     assert check.details["flagged"] == (["paper_fgsm@0.15"] if check.fired else [])
     if check.fired:
         assert f"{over} points it left robust were broken by other attacks" in check.message
+        assert "overestimates" not in report.diagnostics.verdict  # not a sign of masking
 
 
 def test_mcnemar_exact_matches_the_binomial_tail() -> None:

@@ -160,12 +160,13 @@ class Cell:
     n: int | None = None
     css: str | None = None
     numeric: bool = False
+    flag: str | None = None  # a mark after the value (and its interval)
 
     def markdown(self) -> str:
         out = self.text
         if self.ci is not None and self.text != "-":
             out += f" ± {100 * (self.ci[1] - self.ci[0]) / 2:.1f}"
-        return _md(out)
+        return _md(out + (f" {self.flag}" if self.flag else ""))
 
     def tooltip(self) -> str | None:
         if self.ci is None:
@@ -196,7 +197,7 @@ def _flagged(run: RunRecords, label: str, eps: float) -> Cell:
     """An attack's accuracy, flagged when the diagnostics found it overestimates robustness."""
     cell = _accuracy_cell(run.result(label, eps))
     if f"{label}@{eps:g}" in run.overestimating:
-        cell.text += f" {OVERESTIMATE_FLAG}"
+        cell.flag = OVERESTIMATE_FLAG
         cell.css = "warn"
     return cell
 
@@ -286,7 +287,7 @@ def accuracy_tables(records: list[RunRecords]) -> list[Table]:
                          *(_accuracy_cell(r.result(WORST_CASE, eps)) for eps in worst),
                          _verdict_cell(r.verdict)])
         notes = _table_notes(runs)
-        if any(c.text.endswith(OVERESTIMATE_FLAG) for row in body for c in row):
+        if any(c.flag == OVERESTIMATE_FLAG for row in body for c in row):
             notes.append(f"{OVERESTIMATE_FLAG}: the attack left robust significantly many points "
                          "that other attacks broke (exact McNemar test, 5%); it overestimates "
                          "robustness (see the cell's diagnostics).")
@@ -382,7 +383,12 @@ def _table_notes(runs: list[RunRecords]) -> list[str]:
           else f"on {', '.join(map(str, sizes))} images (see the runs table)")
     notes = [f"Accuracy in % {on}; ± is half the 95% Wilson interval. A_std: clean accuracy. "
              "Worst case: correct under every attack at that eps, per example."]
-    modes = {e.get("sequential") for e in evaluations}
+    if any(r.suite for r in runs):
+        suites = ", ".join(sorted({str(r.suite) for r in runs if r.suite}))
+        notes.append(f"Worst case ({suites}): the suite's attacks ran in sequence, each on the "
+                     "points still robust, and the attacks in the columns (the papers') each "
+                     "on every clean-correct point; the worst case is over all of them.")
+    modes = {e.get("sequential") for e in evaluations if not _suite_run(e, runs)}
     if True in modes:
         notes.append("Sequential evaluation: each attack ran only on the points still robust "
                      "after the attacks left of it, so its column is cumulative.")
@@ -394,6 +400,10 @@ def _table_notes(runs: list[RunRecords]) -> list[str]:
         notes.append(f"Predictions averaged over {'/'.join(map(str, samples))} forward passes "
                      "(randomized models).")
     return notes
+
+
+def _suite_run(evaluation: dict[str, Any], runs: list[RunRecords]) -> bool:
+    return any(r.evaluation is evaluation and r.suite for r in runs)
 
 
 def runs_table(records: list[RunRecords]) -> Table:
@@ -764,7 +774,7 @@ def _html_table(table: Table, level: int = 3) -> list[str]:
             tip = c.tooltip()
             if tip:
                 attrs += f' title="{e(tip)}"'
-            cells.append(f"<td{attrs}>{e(c.text)}</td>")
+            cells.append(f"<td{attrs}>{e(c.text)}{' ' + e(c.flag) if c.flag else ''}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out += ["</tbody>", "</table>"]
     out += [f'<p class="note">{e(n)}</p>' for n in table.notes]
