@@ -30,6 +30,18 @@ def train_small_cnn(activation: str = "relu", n: int = 4000, epochs: int = 2,
     return model.eval()
 
 
+class Affine(nn.Module):
+    """logits = W flatten(x) + b."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x.flatten(1), self.weight, self.bias)
+
+
 def fit_on_fashion(model: nn.Module, n: int = 2000, epochs: int = 5,
                    lr: float = 3e-3) -> nn.Module:
     """``model`` trained briefly with Adam on the first ``n`` Fashion-MNIST training images

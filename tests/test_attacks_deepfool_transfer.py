@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import Affine
 from robustact.attacks.base import Attack
 from robustact.attacks.deepfool import DeepFool
 from robustact.attacks.pgd import PGD
@@ -18,18 +19,6 @@ from robustact.errors import ConfigError
 from robustact.models import create_model
 
 # ---- tiny models ----------------------------------------------------------------------------
-
-
-class Affine(nn.Module):
-    """logits = W flatten(x) + b."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(weight)
-        self.bias = nn.Parameter(bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.flatten(1), self.weight, self.bias)
 
 
 def affine_problem(classes: int, n: int = 12, seed: int = 0) -> tuple[Affine, torch.Tensor,

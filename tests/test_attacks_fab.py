@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from scipy.optimize import linprog, minimize
 from torch import nn
 
+from conftest import Affine
 from robustact.attacks.fab import FAB, hyperplane_box_step
 from robustact.errors import ConfigError
 
@@ -146,18 +147,6 @@ def test_fab_outputs_stay_in_the_box_and_the_ball(problem: tuple, norm: str, eps
     assert 0.1 < result.robust_accuracy < 0.9
     assert len(result.loss_trace) == 3 * 30  # three batches, the first restart of each
     print(f"\nfab {norm} eps {eps}: robust accuracy {result.robust_accuracy:.3f}")
-
-
-class Affine(nn.Module):
-    """logits = W flatten(x) + b."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(weight)
-        self.bias = nn.Parameter(bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.flatten(1), self.weight, self.bias)
 
 
 def affine_distances(norm: str) -> tuple[Affine, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -230,6 +230,23 @@ class Attack:
         if self._stats.tracing:
             self._stats.loss.append(loss.detach().float().mean())
 
+    def targeting(self) -> dict[str, Any]:
+        """The targeted-mode settings for :meth:`hyperparameters` (attacks with ``targeted``
+        and ``n_target_classes`` attributes)."""
+        targeted = getattr(self, "targeted", False)
+        return {"targeted": targeted,
+                **({"n_target_classes": self.n_target_classes} if targeted else {})}
+
+    def targets_or_restarts(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+        restarts: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """``restarts(model, x, y[, target])`` (returning (points, misclassified)) once, or,
+        with ``targeted``, toward each target class in turn (:meth:`over_targets`)."""
+        if getattr(self, "targeted", False):
+            return self.over_targets(model, x, y, self.n_target_classes, restarts)
+        return restarts(model, x, y)[0]
+
     def over_targets(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_targets: int,
         single_run: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor],

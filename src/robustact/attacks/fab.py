@@ -118,13 +118,10 @@ class FAB(Attack):
     def hyperparameters(self) -> dict[str, Any]:
         return {**super().hyperparameters(), "steps": self.steps, "restarts": self.restarts,
                 "alpha_max": self.alpha_max, "eta": self.eta, "beta": self.beta,
-                "targeted": self.targeted,
-                **({"n_target_classes": self.n_target_classes} if self.targeted else {})}
+                **self.targeting()}
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.targeted:
-            return self.over_targets(model, x, y, self.n_target_classes, self._restarts)
-        return self._restarts(model, x, y)[0]
+        return self.targets_or_restarts(model, x, y, self._restarts)
 
     def _restarts(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                   target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -82,8 +82,7 @@ class PGD(Attack):
     def hyperparameters(self) -> dict[str, Any]:
         return {**super().hyperparameters(), "steps": self.steps, "step_size": self.step_size,
                 "random_start": self.random_start, "restarts": self.restarts, "loss": self.loss,
-                "targeted": self.targeted,
-                **({"n_target_classes": self.n_target_classes} if self.targeted else {})}
+                **self.targeting()}
 
     def run(self, model: nn.Module, x: torch.Tensor,
             y: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
