@@ -287,7 +287,7 @@ def _key_values(items: list[str], flag: str) -> dict[str, Any]:
 
 def train_options(args: argparse.Namespace) -> dict[str, Any]:
     """Merge the config file (if any) and the explicit flags; flags win."""
-    from robustact.train import load_config_file
+    from robustact.options import load_config_file
 
     options: dict[str, Any] = load_config_file(args.config) if args.config else {}
     file_activation = options.get("activation")

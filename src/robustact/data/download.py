@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -15,6 +12,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from robustact.errors import DataError
+from robustact.files import atomic_path
 
 CHUNK = 1 << 20
 USER_AGENT = "robustact-data/0.1 (+python urllib)"
@@ -74,28 +72,21 @@ def download_file(url: str, dest: Path, sha256: str | None = None, *, size: int 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(request, timeout=timeout) as response:
-                    length = response.headers.get("Content-Length")
-                    total = int(length) if length and length.isdigit() else size
-                    actual = _copy_with_progress(response, out, total, dest.name, progress)
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                reason = getattr(exc, "reason", None) or exc
-                raise NetworkError(f"could not download {url} ({reason})") from exc
+    # datasets are meant to be shared: 0o644, not the temporary file's 0o600
+    with atomic_path(dest, mode=0o644) as tmp, tmp.open("wb") as out:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                length = response.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else size
+                actual = _copy_with_progress(response, out, total, dest.name, progress)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise NetworkError(f"could not download {url} ({reason})") from exc
         if sha256 is not None and actual != sha256.lower():
             raise DataError(
                 f"{dest} downloaded from {url} has SHA-256 {actual}, expected {sha256}; "
                 "the file was deleted, try again later or fetch it by hand"
             )
-        os.chmod(tmp, 0o644)  # mkstemp made it 0600; datasets are meant to be shared
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
     return dest
 
 

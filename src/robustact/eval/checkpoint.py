@@ -9,13 +9,13 @@ Shared by ``robustact attack`` and the study runner (``robustact run``)::
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from robustact.errors import ConfigError
 from robustact.eval.robustness import AttackSpec, RobustnessReport, evaluate
+from robustact.files import atomic_path, write_json
 
 
 def attack_checkpoint(
@@ -62,7 +62,7 @@ def _load(checkpoint: str | Path, n: int | None, split: str, device: str,
           data_dir: str | None, defense: dict[str, Any] | None) -> tuple[Any, dict, Any]:
     from robustact.data import BatchLoader, load_dataset
     from robustact.device import select_device
-    from robustact.train import load_model
+    from robustact.models.checkpoint import load_model
 
     model, config = load_model(checkpoint, select_device(device))
     if defense:
@@ -92,14 +92,9 @@ def load_evaluation_data(checkpoint: str | Path, n: int | None, *, split: str = 
 def write_robustness(record: dict[str, Any], report: RobustnessReport, stem: Path) -> None:
     """``stem.json`` (the full record, per-example outcomes included) and ``stem.csv`` (one row
     per attack and eps), each written to a temporary name and renamed: never half a file."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    tmp = stem.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(stem.with_suffix(".json"))
+    write_json(stem.with_suffix(".json"), record)
     rows = report.rows()
-    tmp = stem.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(stem.with_suffix(".csv")) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(stem.with_suffix(".csv"))

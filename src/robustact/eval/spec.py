@@ -84,7 +84,7 @@ class AttackSpec:
         name = kwargs.pop("surrogate_name", None)
         inner = kwargs.pop("inner", "pgd")
         if isinstance(surrogate, str):
-            from robustact.train.checkpoint import load_model
+            from robustact.models.checkpoint import load_model
 
             name = name or surrogate
             surrogate, _ = load_model(surrogate)

@@ -25,6 +25,7 @@ from typing import Any
 
 from robustact.errors import ConfigError
 from robustact.eval.calibration import Reliability, reliability_svg
+from robustact.files import write_atomic
 from robustact.report import svg
 from robustact.results.store import CLEAN, WORST_CASE, ResultsStore, format_eps, training_label
 
@@ -802,6 +803,4 @@ def write_report(store: ResultsStore, study: str, out_dir: str | Path) -> tuple[
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, text)

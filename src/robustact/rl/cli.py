@@ -109,7 +109,7 @@ def eps_values(text: str) -> list[float]:
 
 def train_options(args: argparse.Namespace) -> dict[str, Any]:
     """The config file's options (if any) updated by the flags given."""
-    from robustact.train.config import load_config_file
+    from robustact.options import load_config_file
 
     options: dict[str, Any] = load_config_file(args.config) if args.config else {}
     for name in _TRAIN_FLAGS:

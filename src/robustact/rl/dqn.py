@@ -49,10 +49,10 @@ import torch
 from torch import nn
 
 from robustact.errors import CheckpointError, ConfigError
+from robustact.options import from_options, short_hash
 from robustact.rl.games import MinAtarGame, check_game
 from robustact.rl.network import create_q_network, list_networks
 from robustact.rl.replay import Batch, ReplayBuffer
-from robustact.train.config import from_options, short_hash
 
 OPTIMIZERS = ("adam", "rmsprop")
 CHECKPOINT_KIND = "robustact-dqn"

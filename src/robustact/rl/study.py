@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from robustact import options
 from robustact.errors import ConfigError
 from robustact.rl.dqn import DQNConfig
 
@@ -49,20 +50,7 @@ EVAL_FILE = "rl_eval.json"
 
 def parse_eps(value: Any) -> float:
     """A lambda from a number or a ``"N/255"``-style string (YAML has no fractions)."""
-    if isinstance(value, str):
-        head, sep, tail = value.partition("/")
-        try:
-            number = float(head) / float(tail) if sep else float(head)
-        except (ValueError, ZeroDivisionError):
-            raise ConfigError(f"FGSM lambda must be a number or N/255, got {value!r}") from None
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value)
-    else:
-        raise ConfigError(f"FGSM lambda must be a number or N/255, got {value!r}")
-    if not 0 <= number <= 1:
-        raise ConfigError(f"FGSM lambda must be in [0, 1] on the observation scale, got "
-                          f"{value!r}")
-    return number
+    return options.parse_eps(value, what="FGSM lambda")
 
 
 @dataclass
@@ -152,7 +140,7 @@ def load_rl_study(path: str | Path, out: str | Path | None = None) -> RLStudy:
 
 
 def _evaluate_hash(cell: RLCell) -> str:
-    from robustact.train.config import short_hash
+    from robustact.options import short_hash
 
     return short_hash({"train": cell.train.hash(), "evaluate": cell.evaluate})
 

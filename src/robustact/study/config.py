@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from robustact.errors import ConfigError
-from robustact.train.config import TrainConfig, load_config_file
+from robustact.options import load_config_file
+from robustact.train.config import TrainConfig
 
 
 class _HasId(Protocol):

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from robustact.errors import ConfigError
+from robustact.files import write_json
+from robustact.options import short_hash
 from robustact.study.config import Cell, StudyConfig
-from robustact.train.config import short_hash
 
 ROBUSTNESS = "robustness"
 
@@ -37,9 +38,7 @@ class CellResult:
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    write_json(path, data)
 
 
 def _evaluate_hash(cell: Cell, evaluate: dict[str, Any]) -> str:

@@ -1,19 +1,25 @@
-"""Checkpoints: written atomically, loadable without the code that trained them guessing."""
+"""Saving checkpoints atomically: a run killed mid-write keeps its previous checkpoint."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from robustact.errors import CheckpointError
+from robustact.files import atomic_path
+from robustact.models.checkpoint import (
+    CHECKPOINT_NAME,
+    build_model,
+    load_checkpoint,
+    load_model,
+    model_kwargs_from_config,
+)
 
-CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
+
+__all__ = ["CHECKPOINT_NAME", "FORMAT_VERSION", "build_model", "load_checkpoint", "load_model",
+           "model_kwargs_from_config", "save_atomic"]
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
@@ -21,82 +27,5 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
     A run killed mid-write leaves the previous checkpoint intact, never a truncated one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a robustact checkpoint (a directory holding ``checkpoint.pt`` or the file itself)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found; train one with `robustact train`")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for a damaged file
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({first})") from None
-    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "config" not in ckpt:
-        raise CheckpointError(f"{path} is not a robustact checkpoint (no model_state/config)")
-    return ckpt
-
-
-def _reason(exc: Exception) -> str:
-    """The informative line of a torch.load error (its first line is generic boilerplate)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines:
-        if "Unpickler error" in line:
-            return line
-    return lines[0] if lines else type(exc).__name__
-
-
-def model_kwargs_from_config(config: dict[str, Any], info: Any) -> dict[str, Any]:
-    """The ``create_model`` arguments a training config implies, given the dataset's info."""
-    kwargs = dict(config.get("model_kwargs") or {})
-    kwargs.setdefault("num_classes", info.num_classes)
-    kwargs.setdefault("in_channels", info.in_channels)
-    kwargs["act_layer"] = config["activation"]
-    kwargs["act_kwargs"] = dict(config.get("act_kwargs") or {})
-    if not config.get("pretrained"):
-        kwargs.setdefault("mean", info.mean)
-        kwargs.setdefault("std", info.std)
-    return kwargs
-
-
-def build_model(config: dict[str, Any], *, pretrained: bool = True) -> nn.Module:
-    """Construct the (untrained) model a training config describes."""
-    from robustact.data import dataset_info
-    from robustact.models import create_model
-
-    kwargs = model_kwargs_from_config(config, dataset_info(config["dataset"]))
-    if pretrained and config.get("pretrained"):
-        kwargs["pretrained"] = config["pretrained"]
-    return create_model(config["model"], **kwargs)
-
-
-def load_model(
-    path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained model from a checkpoint; returns ``(model in eval mode, config dict)``."""
-    ckpt = load_checkpoint(path)
-    config = ckpt["config"]
-    model = build_model(config, pretrained=False)
-    try:
-        model.load_state_dict(ckpt["model_state"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"checkpoint {path} does not match model {config['model']!r}: "
-            f"{str(exc).splitlines()[0]}"
-        ) from None
-    return model.to(device).eval(), config
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

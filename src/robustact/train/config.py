@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
-
-import yaml
+from typing import Any
 
 from robustact.errors import ConfigError
-
-_T = TypeVar("_T")
+from robustact.options import from_options, load_config_file, short_hash
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "onecycle", "cyclic")
@@ -203,32 +198,5 @@ class TrainConfig:
         return short_hash({k: v for k, v in self.to_dict().items() if k not in skip})
 
 
-def short_hash(payload: Any) -> str:
-    """12 hex digits of the SHA-256 of ``payload`` as canonical JSON (sorted keys): the
-    identity of a training or evaluation configuration."""
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def from_options(cls: type[_T], data: dict[str, Any], what: str) -> _T:
-    """``cls(**data)`` for a dataclass of options, with a one-line error naming the unknown
-    keys and the valid ones (``what``: "training", "adversarial", "DQN", ...)."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown {what} option(s) {', '.join(unknown)}; "
-                          f"valid: {', '.join(sorted(names))}")
-    return cls(**data)
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML (or JSON) file of training options; returns a plain dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of options")
-    return data
+__all__ = ["ADV_METHODS", "OPTIMIZERS", "SCHEDULES", "AdversarialTraining", "SparsitySchedule",
+           "TrainConfig", "from_options", "load_config_file", "short_hash"]

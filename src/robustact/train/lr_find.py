@@ -15,7 +15,6 @@ test trains a freshly built network that is then thrown away; only the curve is 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 
 from robustact.device import amp_dtype, select_device
 from robustact.errors import ConfigError
+from robustact.files import write_json
 from robustact.train.config import TrainConfig
 
 
@@ -154,10 +154,7 @@ def write_range_test(result: RangeTest, config: TrainConfig, out: str | Path) ->
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "lr_find.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**result.to_dict(), "config": config.to_dict()}, indent=1,
-                              default=str))
-    tmp.replace(path)
+    write_json(path, {**result.to_dict(), "config": config.to_dict()})
     logs = [math.log10(v) for v in result.lrs]
     # up to 1.5x the starting loss: the divergence at the end would squash the curve
     top = 1.5 * result.smoothed[0]

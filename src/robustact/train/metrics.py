@@ -8,15 +8,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from robustact.files import atomic_path
+
 
 def write_metrics(path: str | Path, rows: list[dict[str, Any]]) -> None:
     """(Re)write the whole metrics file from ``rows`` atomically (used at start and on resume)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         for i, row in enumerate(rows):
             _write_row(f, path.suffix, row, header=(i == 0))
-    os.replace(tmp, path)
 
 
 def append_metrics(path: str | Path, row: dict[str, Any], *, first: bool) -> None:

@@ -1,0 +1,71 @@
+"""Loading trained models: a robustact checkpoint back into the network it was trained as."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustact.errors import CheckpointError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a robustact checkpoint (a directory holding ``checkpoint.pt`` or the file itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found; train one with `robustact train`")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged file
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({first})") from None
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{path} is not a robustact checkpoint (no model_state/config)")
+    return ckpt
+
+
+def model_kwargs_from_config(config: dict[str, Any], info: Any) -> dict[str, Any]:
+    """The ``create_model`` arguments a training config implies, given the dataset's info."""
+    kwargs = dict(config.get("model_kwargs") or {})
+    kwargs.setdefault("num_classes", info.num_classes)
+    kwargs.setdefault("in_channels", info.in_channels)
+    kwargs["act_layer"] = config["activation"]
+    kwargs["act_kwargs"] = dict(config.get("act_kwargs") or {})
+    if not config.get("pretrained"):
+        kwargs.setdefault("mean", info.mean)
+        kwargs.setdefault("std", info.std)
+    return kwargs
+
+
+def build_model(config: dict[str, Any], *, pretrained: bool = True) -> nn.Module:
+    """Construct the (untrained) model a training config describes."""
+    from robustact.data import dataset_info
+    from robustact.models.registry import create_model
+
+    kwargs = model_kwargs_from_config(config, dataset_info(config["dataset"]))
+    if pretrained and config.get("pretrained"):
+        kwargs["pretrained"] = config["pretrained"]
+    return create_model(config["model"], **kwargs)
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from a checkpoint; returns ``(model in eval mode, config dict)``."""
+    ckpt = load_checkpoint(path)
+    config = ckpt["config"]
+    model = build_model(config, pretrained=False)
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} does not match model {config['model']!r}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+    return model.to(device).eval(), config
