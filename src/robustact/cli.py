@@ -482,43 +482,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def open_study_store(source: str, load: Any = None,
-                command: str = "robustact run") -> tuple[Any, str, Any]:
-    """(store, study name, study directory) from a YAML file, directory or .sqlite; ``load``
-    reads a study YAML file (default the image studies' ``load_study``; the RL commands pass
-    theirs), ``command`` is the one that fills the store, for the error message."""
-    from pathlib import Path
-
-    from robustact.results import ResultsStore
-
-    path = Path(source)
-    if path.suffix in (".yaml", ".yml"):
-        if load is None:
-            from robustact.rl.study import is_rl_study_file
-
-            if is_rl_study_file(path):
-                from robustact.rl.study import load_rl_study as load
-            else:
-                from robustact.study import load_study as load
-        study = load(path)
-        db, name, root = study.out / "results.sqlite", study.name, study.out
-    elif path.is_dir():
-        db, name, root = path / "results.sqlite", None, path
-    else:
-        db, name, root = path, None, path.parent
-    if not db.is_file():
-        raise ConfigError(f"no results store at {db}; run the study first ({command} ...)")
-    store = ResultsStore(db)
-    if name is None:
-        studies = store.studies()
-        if len(studies) != 1:
-            raise ConfigError(f"{db} holds {len(studies)} studies ({', '.join(studies)}); "
-                              "name the study's YAML file instead")
-        name = studies[0]
-    return store, name, root
-
-
 def cmd_results(args: argparse.Namespace) -> int:
+    from robustact.study.stores import open_study_store
+
     store, name, _ = open_study_store(args.study)
     if args.action == "list":
         for run in store.runs(name):
@@ -541,6 +507,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from robustact.report import write_report
+    from robustact.study.stores import open_study_store
 
     store, name, root = open_study_store(args.study)
     md, html = write_report(store, name, Path(args.out) if args.out else root / "report")

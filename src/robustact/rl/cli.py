@@ -188,8 +188,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from robustact.cli import open_study_store
     from robustact.rl.study import load_rl_study, rl_results_table
+    from robustact.study.stores import open_study_store
 
     store, name, _ = open_study_store(args.study, load=load_rl_study, command="robustact rl run")
     print(rl_results_table(store, name))
