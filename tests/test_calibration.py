@@ -19,9 +19,8 @@ from robustact.eval import (
     expected_calibration_error,
     predict_proba,
     reliability,
-    reliability_svg,
-    save_reliability_svg,
 )
+from robustact.report.reliability import reliability_svg, save_reliability_svg
 
 SVG = "{http://www.w3.org/2000/svg}"
 

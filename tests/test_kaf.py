@@ -133,7 +133,7 @@ def test_gradients_reach_every_kaf_parameter_in_a_model() -> None:
 
 
 def test_gradient_wrt_input_only_skips_the_parameter_gradients(monkeypatch) -> None:
-    import robustact.activations.kaf as kaf_module
+    import robustact.activations.kaf_kernels as kaf_module
 
     seen = []
     original = kaf_module._grid_backward

@@ -17,7 +17,8 @@ from robustact.eval import calibrate, evaluate
 from robustact.eval.landscape import loss_landscape
 from robustact.eval.stats import wilson_interval
 from robustact.report import write_report
-from robustact.report.svg import landscape_svg, nice_ticks
+from robustact.report.landscape import landscape_svg
+from robustact.report.svg import nice_ticks
 from robustact.results import ResultsStore
 from robustact.results import store as store_module
 
@@ -206,7 +207,8 @@ def test_landscape_svg_and_ticks() -> None:
 
 
 def test_activation_label_shows_the_ratio_a_sparsity_schedule_ends_with() -> None:
-    from robustact.report.render import RunRecords, activation_label
+    from robustact.report.records import RunRecords
+    from robustact.report.tables import activation_label
 
     def records(config: dict[str, Any]) -> RunRecords:
         return RunRecords(run={"cell": "c", "config": config}, evaluation=None, results=[],
@@ -219,9 +221,9 @@ def test_activation_label_shows_the_ratio_a_sparsity_schedule_ends_with() -> Non
 
 
 def test_reinforcement_learning_runs_get_the_seeds_table_1_layout(tmp_path: Path) -> None:
-    from robustact.report.render import RL_RETURNS
+    from robustact.report.rl import RL_RETURNS
     from robustact.rl.evaluate import AgentReturns
-    from robustact.rl.study import RETURNS
+    from robustact.study.rl_cell import RETURNS
 
     assert RL_RETURNS == RETURNS
     store = ResultsStore(tmp_path / "results.sqlite")
@@ -244,7 +246,7 @@ def test_reinforcement_learning_runs_get_the_seeds_table_1_layout(tmp_path: Path
 def test_paired_differences_to_the_relu_cell(tmp_path: Path) -> None:
     """The paired table recomputes, from the stored per-example outcomes, what the two
     evaluations' own masks give: mean difference and its normal-approximation interval."""
-    from robustact.report.render import build_report
+    from robustact.report import build_report
 
     x, y = tiny_data()
     store = ResultsStore(tmp_path / "results.sqlite")

@@ -42,7 +42,8 @@ from robustact.rl.evaluate import (  # noqa: E402
 from robustact.rl.games import MinAtarGame, list_games  # noqa: E402
 from robustact.rl.network import create_q_network  # noqa: E402
 from robustact.rl.replay import ReplayBuffer  # noqa: E402
-from robustact.rl.study import load_rl_study, parse_eps, run_rl_study  # noqa: E402
+from robustact.study.rl_config import load_rl_study, parse_eps  # noqa: E402
+from robustact.study.runner import run_rl_study  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -414,7 +415,7 @@ def test_bad_rl_study_files(tmp_path: Path) -> None:
 
 def test_rl_study_files_are_told_apart(tmp_path: Path) -> None:
     """``robustact report``/``results`` read an RL study file with the RL loader."""
-    from robustact.rl.study import is_rl_study_file
+    from robustact.study.rl_config import is_rl_study_file
 
     configs = Path(__file__).parents[1] / "configs"
     assert is_rl_study_file(configs / "rl" / "minatar.yaml")

@@ -72,7 +72,7 @@ def test_study_runs_cells_skips_finished_work_and_records_failures(tmp_path: Pat
     html = (tmp_path / "out" / "report" / "report.html").read_text()
     assert "<svg" in html and "kwta" in html and "failed" in html.lower()
     # a changed evaluation suite marks the cell stale, then re-evaluates without retraining
-    from robustact.study.runner import collect_results
+    from robustact.study.summary import collect_results
 
     def status(cell_id: str) -> tuple[str, str | None]:
         row = next(r for r in collect_results(study) if r["cell"] == cell_id)
@@ -80,7 +80,7 @@ def test_study_runs_cells_skips_finished_work_and_records_failures(tmp_path: Pat
 
     assert status("relu-0") == ("done", None)
     cell = study.cell("relu-0")
-    cell.evaluate = {**cell.evaluate, "attacks": ["fgsm"]}
+    cell.evaluate = dataclasses.replace(cell.evaluate, attacks=("fgsm",))
     assert status("relu-0")[0] == "stale" and "evaluated with other" in status("relu-0")[1]
     run_study(study, cells=["relu-0"], log=logs.append)
     assert ckpt.stat().st_mtime_ns == stamps[0] and robustness.stat().st_mtime_ns != stamps[1]

@@ -140,6 +140,7 @@ def test_atomic_save_and_truncated_checkpoint(tmp_path: Path) -> None:
 
 
 def test_lr_range_test_learns_then_diverges(tmp_path: Path) -> None:
+    from robustact.report.figures import write_lr_find_figure
     from robustact.train.lr_find import lr_range_test, write_range_test
 
     config = tiny(tmp_path, activation="relu", act_kwargs={}, train_subset=1024)
@@ -160,6 +161,7 @@ def test_lr_range_test_learns_then_diverges(tmp_path: Path) -> None:
     assert min(result.smoothed) < result.smoothed[0] - 0.5
     assert 1e-4 < result.lr_steepest <= result.lr_min_loss < 100.0
     path = write_range_test(result, config, tmp_path / "lrf")
+    write_lr_find_figure(tmp_path / "lrf", result, config)  # the report layer draws it
     svg = (tmp_path / "lrf" / "lr_find.svg").read_text()
     assert path.exists() and 'data-series="smoothed"' in svg and 'data-series="loss"' in svg
 

@@ -1,7 +1,8 @@
 """Option files and their identity: reading YAML/JSON, typed construction, stable hashes, eps.
 
 Every configuration of the package (training, evaluation, DQN, study files) is read by
-:func:`load_config_file`, built by :func:`from_options` and identified by :func:`short_hash`.
+:func:`load_config_file`, built by :func:`from_options` and identified by :func:`short_hash`
+(:class:`OptionsMixin` gives a dataclass of options ``to_dict``, ``from_dict``, ``hash``).
 An eps (or FGSM lambda) is spelled the same way everywhere: a number or a fraction string
 such as ``"8/255"`` (:func:`parse_eps`).
 """
@@ -11,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import yaml
 
@@ -36,6 +38,26 @@ def from_options(cls: type[_T], data: dict[str, Any], what: str) -> _T:
         raise ConfigError(f"unknown {what} option(s) {', '.join(unknown)}; "
                           f"valid: {', '.join(sorted(names))}")
     return cls(**data)
+
+
+class OptionsMixin:
+    """``to_dict``, ``from_dict`` and ``hash`` of a dataclass of options. A subclass names its
+    options in ``OPTIONS_WHAT`` (for errors) and lists in ``UNHASHED`` the fields that do not
+    change its result (where it is written, how it reports)."""
+
+    OPTIONS_WHAT: ClassVar[str] = "options"
+    UNHASHED: ClassVar[frozenset[str]] = frozenset()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        return from_options(cls, data, cls.OPTIONS_WHAT)
+
+    def hash(self) -> str:
+        """A short hash of what determines the result: every option but ``UNHASHED``."""
+        return short_hash({k: v for k, v in self.to_dict().items() if k not in self.UNHASHED})
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -65,7 +87,7 @@ def parse_eps(value: Any, *, what: str = "eps", high: float = 1.0) -> float:
         number = float(value)
     else:
         raise ConfigError(f"{what} must be a number or N/255, got {value!r}")
-    if not 0 <= number <= high:
+    if not 0 <= number <= high or math.isnan(number):
         raise ConfigError(f"{what} must be in [0, {high:g}] on the [0, 1] image scale, got "
                           f"{value!r}")
     return number

@@ -1,4 +1,8 @@
-"""Activations: a registry from names to constructors, k-WTA, and ``convert_activations``.
+"""Activations: a registry from names to constructors, k-WTA, KAF, and ``convert_activations``.
+
+Each activation registers itself where it is defined (``@ACTIVATIONS.register``); ``"sap"``
+(ReLU followed by SAP) is registered by :mod:`robustact.defenses.sap`, so it is listed once
+``robustact.defenses`` has been imported (``robustact.models`` does that).
 
     >>> from robustact.activations import create_act, convert_activations
     >>> create_act("kwta", ratio=0.1)
@@ -27,20 +31,6 @@ from robustact.activations.registry import (
     get_act_layer,
     list_activations,
 )
-
-ACTIVATIONS.add("kwta", KWTA, aliases=("k_wta", "kwinners"))
-ACTIVATIONS.add("kaf", KAF)
-ACTIVATIONS.add("kaf_relu", KAFReLU)
-ACTIVATIONS.add("kaf_elu", KAFELU)
-ACTIVATIONS.add("kaf_swish", KAFSwish, aliases=("kaf_silu",))
-ACTIVATIONS.add("kaf_free", KAFFree)
-
-# ReLU followed by SAP, for models built with SAP from the start (``apply_sap`` inserts SAP
-# into a trained network instead). The bare SAP layer is not registered: it would count as an
-# activation, and convert_activations would replace it.
-from robustact.defenses.sap import ReLUSAP  # noqa: E402
-
-ACTIVATIONS.add("sap", ReLUSAP, aliases=("relu_sap",))
 
 __all__ = [
     "ACTIVATIONS", "KWTA", "ActLayer", "activation_types", "convert_activations",

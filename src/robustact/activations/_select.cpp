@@ -186,12 +186,18 @@ __attribute__((target("avx2"))) inline std::size_t sum_negated_lanes(__m256i v) 
     return total;
 }
 
+__attribute__((target("avx2"))) inline __m256i compress_perm_avx2(unsigned mask) {
+    // the permutation that packs the lanes set in `mask` to the front, in order
+    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    return _mm256_and_si256(
+        _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kCompressLut.v[mask])), shifts),
+        _mm256_set1_epi32(0xF));
+}
+
 __attribute__((target("avx2,popcnt"))) PassResult pass_avx2(const float* a, std::size_t n,
                                                              float lo, float hi, float* out) {
     const __m256 vlo = _mm256_set1_ps(lo);
     const __m256 vhi = _mm256_set1_ps(hi);
-    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-    const __m256i nibble = _mm256_set1_epi32(0xF);
     std::size_t m = 0, le_total = 0, i = 0;
     // 32-bit lane counters: reduce them at least every 2^28 vectors.
     constexpr std::size_t kBlock = std::size_t{8} << 28;
@@ -204,23 +210,13 @@ __attribute__((target("avx2,popcnt"))) PassResult pass_avx2(const float* a, std:
             const __m256 ge = _mm256_cmp_ps(v, vlo, _CMP_GE_OQ);
             le_count = _mm256_add_epi32(le_count, _mm256_castps_si256(le));  // -1 where true
             const unsigned mask = static_cast<unsigned>(_mm256_movemask_ps(_mm256_and_ps(le, ge)));
-            const __m256i perm = _mm256_and_si256(
-                _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kCompressLut.v[mask])),
-                                  shifts),
-                nibble);
-            _mm256_storeu_ps(out + m, _mm256_permutevar8x32_ps(v, perm));
+            _mm256_storeu_ps(out + m, _mm256_permutevar8x32_ps(v, compress_perm_avx2(mask)));
             m += static_cast<std::size_t>(_mm_popcnt_u32(mask));
         }
         le_total += sum_negated_lanes(le_count);
     }
-    for (; i < n; ++i) {
-        const float x = a[i];
-        const bool le = x <= hi;
-        out[m] = x;
-        le_total += static_cast<std::size_t>(le);
-        m += static_cast<std::size_t>(le & (x >= lo));
-    }
-    return {n - le_total, m};
+    const PassResult tail = pass_scalar(a + i, n - i, lo, hi, out + m);  // the last n % 8
+    return {i - le_total + tail.above, m + tail.inside};
 }
 
 __attribute__((target("avx512f,popcnt"))) PassResult pass_avx512(const float* a, std::size_t n,
@@ -258,13 +254,6 @@ __attribute__((target("avx512f,popcnt"))) PassResult pass_avx512(const float* a,
     return {n - le_total, m};
 }
 
-__attribute__((target("avx2"))) inline __m256i compress_perm_avx2(unsigned mask) {
-    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-    return _mm256_and_si256(
-        _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kCompressLut.v[mask])), shifts),
-        _mm256_set1_epi32(0xF));
-}
-
 __attribute__((target("avx2,popcnt"))) Part3Result part3_avx2(const float* a, std::size_t n,
                                                               float pivot, float* gt, float* lt) {
     const __m256 vp = _mm256_set1_ps(pivot);
@@ -280,14 +269,8 @@ __attribute__((target("avx2,popcnt"))) Part3Result part3_avx2(const float* a, st
         _mm256_storeu_ps(lt + l, _mm256_permutevar8x32_ps(v, compress_perm_avx2(ml)));
         l += static_cast<std::size_t>(_mm_popcnt_u32(ml));
     }
-    for (; i < n; ++i) {
-        const float x = a[i];
-        gt[g] = x;
-        lt[l] = x;
-        g += static_cast<std::size_t>(x > pivot);
-        l += static_cast<std::size_t>(x < pivot);
-    }
-    return {g, l};
+    const Part3Result tail = part3_scalar(a + i, n - i, pivot, gt + g, lt + l);  // the last n % 8
+    return {g + tail.greater, l + tail.less};
 }
 
 __attribute__((target("avx512f,popcnt"))) Part3Result part3_avx512(const float* a, std::size_t n,

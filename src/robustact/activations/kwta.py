@@ -1,4 +1,4 @@
-"""k-Winners-Take-All (Xiao, Zhong, Zheng, ICLR 2020).
+"""The k-Winners-Take-All activation (Xiao, Zhong, Zheng, ICLR 2020): functional form and module.
 
 ``phi_k(y)_j = y_j`` if ``y_j`` is among the k largest entries of ``y``, else 0.
 
@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustact.activations.registry import ACTIVATIONS
 from robustact.activations.select import kth_largest, kwta_mask
 from robustact.errors import ConfigError
 
@@ -130,6 +131,7 @@ def _unit(mode: str, x: torch.Tensor) -> str:
     return "channel" if mode == "channel" and x.dim() > 2 else "sample"
 
 
+@ACTIVATIONS.register("kwta", aliases=("k_wta", "kwinners"))
 class KWTA(nn.Module):
     """k-Winners-Take-All activation.
 

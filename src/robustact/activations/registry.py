@@ -14,12 +14,14 @@ from robustact.registry import Registry
 ActLayer = Callable[[], nn.Module]
 
 ACTIVATIONS: Registry[Callable[..., nn.Module]] = Registry("activation")
-ACTIVATIONS.add("relu", nn.ReLU)
-ACTIVATIONS.add("elu", nn.ELU)
-ACTIVATIONS.add("swish", nn.SiLU, aliases=("silu",))
+# torch's own activations (the others register where they are defined, e.g. kwta.py, kaf.py)
+ACTIVATIONS.register("relu")(nn.ReLU)
+ACTIVATIONS.register("elu")(nn.ELU)
+ACTIVATIONS.register("swish", aliases=("silu",))(nn.SiLU)
 
 
 def list_activations() -> list[str]:
+    """Registered activation names (``"sap"`` once :mod:`robustact.defenses` is imported)."""
     return ACTIVATIONS.names()
 
 

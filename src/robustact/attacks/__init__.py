@@ -9,6 +9,9 @@ White-box: fgsm, bim, pgd, mifgsm, apgd (apgd-ce, apgd-dlr, apgd-t), fab, cw, de
 take targeted=true (AutoAttack's top-scoring wrong classes as targets). Gradient-free:
 square, gradest (the gradient-estimation attack that broke k-WTA), transfer (crafted on a
 surrogate model). Eps is always on the [0, 1] pixel scale.
+
+Each attack class registers itself with ``@ATTACKS.register()`` (the name is its ``name``
+attribute); importing its module here is what registers it.
 """
 
 from robustact.attacks.apgd import APGD, APGDCE, APGDDLR, APGDT
@@ -23,10 +26,6 @@ from robustact.attacks.registry import ATTACKS, create_attack, list_attacks
 from robustact.attacks.square import Square
 from robustact.attacks.transfer import Transfer
 from robustact.attacks.wrappers import BPDA, EOT, is_randomized
-
-for _cls in (FGSM, BIM, PGD, MIFGSM, APGD, APGDCE, APGDDLR, APGDT, FAB, CW, DeepFool, Square,
-             GradientEstimation, Transfer):
-    ATTACKS.add(_cls.name, _cls)
 
 __all__ = [
     "APGD", "APGDCE", "APGDDLR", "APGDT", "ATTACKS", "BIM", "BPDA", "CW", "EOT", "FAB", "FGSM",

@@ -5,20 +5,16 @@ at fixed checkpoints when progress stalls. L-inf and L2, CE or DLR loss."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from robustact.attacks.base import (
-    Attack,
-    check_count,
-    check_flag,
-    perturbation_norm,
-    subset_queries,
-)
+from robustact.attacks.base import Attack, check_in, perturbation_norm, subset_queries
 from robustact.attacks.losses import get_loss, get_targeted_loss
 from robustact.attacks.pgd import step_direction
+from robustact.attacks.registry import ATTACKS
 from robustact.errors import ConfigError
 
 APGD_LOSSES = ("ce", "dlr", "margin")
@@ -46,6 +42,57 @@ def apgd_checkpoints(steps: int) -> list[int]:
     return sorted(w for w in points if 1 <= w <= steps)
 
 
+@dataclass
+class _Run:
+    """One APGD restart in progress. ``out_*`` and ``last_loss`` have one row per example of the
+    restart; the other tensors one row per example still iterated, ``pos`` its position."""
+
+    out_x: torch.Tensor
+    out_loss: torch.Tensor
+    out_fooled: torch.Tensor
+    last_loss: torch.Tensor  # per example, frozen once it retires (for the loss trace)
+    x: torch.Tensor
+    y: torch.Tensor
+    target: torch.Tensor | None
+    pos: torch.Tensor
+    loss_fn: Any
+    x_adv: torch.Tensor
+    x_prev: torch.Tensor
+    x_fooled: torch.Tensor
+    x_best: torch.Tensor
+    grad: torch.Tensor
+    grad_best: torch.Tensor
+    loss_best: torch.Tensor
+    loss_prev: torch.Tensor
+    loss_best_at_check: torch.Tensor
+    eta: torch.Tensor
+    increases: torch.Tensor
+    halved_at_check: torch.Tensor
+    fooled: torch.Tensor
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Go on with the iterated examples at ``rows`` only."""
+        for name in _ROW_FIELDS:
+            setattr(self, name, getattr(self, name)[rows])
+        if self.target is not None:
+            self.target = self.target[rows]
+
+    def finish(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(returned point, fooled, best loss) per example: the last misclassified point of an
+        example fooled, else its highest-loss point."""
+        shape = (-1, *([1] * (self.x.dim() - 1)))
+        self.out_x[self.pos] = torch.where(self.fooled.view(shape), self.x_fooled, self.x_best)
+        self.out_loss[self.pos] = self.loss_best
+        self.out_fooled[self.pos] = self.fooled
+        return self.out_x, self.out_fooled, self.out_loss
+
+
+_ROW_FIELDS = ("pos", "x", "y", "x_adv", "x_prev", "x_fooled", "x_best", "grad", "grad_best",
+               "loss_best", "loss_prev", "eta", "increases", "loss_best_at_check",
+               "halved_at_check", "fooled")
+
+
+@ATTACKS.register()
 class APGD(Attack):
     """Auto-PGD with momentum, random start and restarts.
 
@@ -96,18 +143,13 @@ class APGD(Attack):
         if loss not in APGD_LOSSES:
             raise ConfigError(f"{self.name}: loss must be one of {', '.join(APGD_LOSSES)}, "
                               f"got {loss!r}")
-        if not 0 < rho <= 1:
-            raise ConfigError(f"{self.name}: rho must be in (0, 1], got {rho}")
-        if not 0 <= momentum <= 1:
-            raise ConfigError(f"{self.name}: momentum must be in [0, 1], got {momentum}")
+        self.rho = check_in(self.name, "rho", rho, "(0, 1]")
+        self.momentum = check_in(self.name, "momentum", momentum, "[0, 1]")
         self.steps = int(steps)
         self.restarts = int(restarts)
         self.loss = loss
         self.loss_fn = get_loss(loss)
-        self.rho = float(rho)
-        self.momentum = float(momentum)
-        self.targeted = check_flag(self.name, "targeted", targeted)
-        self.n_target_classes = check_count(self.name, "n_target_classes", n_target_classes)
+        self.set_targeting(targeted, n_target_classes)
         self.targeted_loss_fn = get_targeted_loss(loss) if self.targeted else None
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -158,81 +200,94 @@ class APGD(Attack):
         At each checkpoint the examples already misclassified retire with their point, and the
         remaining iterations run on the others only (a batch that is all fooled stops): the
         result is the same, the cost shrinks with the robust points."""
-        shape = (-1, *([1] * (x.dim() - 1)))
+        run = self._start(model, x, y, target)
+        checkpoints = set(apgd_checkpoints(self.steps))
+        last_check = 0
+        for k in range(self.steps):
+            self._step(model, run, 1.0 if k == 0 else self.momentum, trace=trace)
+            if k + 1 in checkpoints:
+                self._halve_stalled(run, span=k + 1 - last_check)
+                last_check = k + 1
+                retire = k + 1 < self.steps and bool(run.fooled.any())  # one host sync
+                if retire and not self._retire_fooled(run):  # every example is fooled
+                    return run.out_x, run.out_fooled, run.out_loss
+        return run.finish()
+
+    def _start(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               target: torch.Tensor | None) -> _Run:
+        """The state of a restart before its first iteration: a random start and its gradient."""
         n = x.shape[0]
         out_x, out_loss = x.clone(), torch.full((n,), -math.inf, device=x.device)
         out_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
-        pos = torch.arange(n, device=x.device)  # the rows still iterated, as positions in x
+        pos = torch.arange(n, device=x.device)
         loss_fn = self._loss_for(target)
         x_adv = self.random_start(x)
         loss, grad, logits = self.input_gradient(model, x_adv, y, loss_fn)
-        last_loss = loss.clone()  # per example, frozen once it retires (for the loss trace)
-        fooled = logits.argmax(1) != y
-        x_fooled = x_adv.clone()
-        x_best, loss_best, grad_best = x_adv.clone(), loss.clone(), grad.clone()
-        eta = torch.full((n,), 2 * self.eps, device=x.device)
-        x_prev = x_adv
-        loss_prev = loss.clone()
-        checkpoints = set(apgd_checkpoints(self.steps))
-        last_check = 0
-        increases = torch.zeros(n, device=x.device)
-        loss_best_at_check = loss_best.clone()
-        halved_at_check = torch.zeros(n, dtype=torch.bool, device=x.device)
-        for k in range(self.steps):
-            alpha = 1.0 if k == 0 else self.momentum
-            with torch.no_grad():
-                z = self.project(x, x_adv + eta.view(shape) * step_direction(grad, self.norm))
-                x_next = self.project(
-                    x, x_adv + alpha * (z - x_adv) + (1 - alpha) * (x_adv - x_prev))
-            x_prev, x_adv = x_adv, x_next
-            with subset_queries(model, pos):
-                loss, grad, logits = self.input_gradient(model, x_adv, y, loss_fn,
-                                                         count=~fooled)
-            if trace:
-                last_loss[pos] = loss
-                self.record_loss(last_loss)
-            now_fooled = logits.argmax(1) != y
-            x_fooled[now_fooled] = x_adv[now_fooled]
-            fooled |= now_fooled
-            increases += (loss > loss_prev).float()
-            loss_prev = loss.clone()
-            improved = loss > loss_best
-            x_best[improved] = x_adv[improved]
-            loss_best[improved] = loss[improved]
-            grad_best[improved] = grad[improved]
-            if k + 1 in checkpoints:
-                span = k + 1 - last_check
-                stalled = increases < self.rho * span
-                no_progress = ~halved_at_check & (loss_best <= loss_best_at_check)
-                halve = stalled | no_progress
-                eta[halve] /= 2
-                x_adv[halve] = x_best[halve]
-                grad[halve] = grad_best[halve]
-                loss_prev[halve] = loss_best[halve]
-                halved_at_check = halve
-                loss_best_at_check = loss_best.clone()
-                increases.zero_()
-                last_check = k + 1
-                if k + 1 < self.steps and bool(fooled.any()):  # one host sync per checkpoint
-                    done = fooled.nonzero().squeeze(1)
-                    out_x[pos[done]] = x_fooled[done]
-                    out_loss[pos[done]] = loss_best[done]
-                    out_fooled[pos[done]] = True
-                    keep = (~fooled).nonzero().squeeze(1)
-                    if keep.numel() == 0:
-                        return out_x, out_fooled, out_loss
-                    pos, x, y = pos[keep], x[keep], y[keep]
-                    target = None if target is None else target[keep]
-                    loss_fn = self._loss_for(target)
-                    (x_adv, x_prev, x_fooled, x_best, grad, grad_best, loss_best, loss_prev,
-                     eta, increases, loss_best_at_check, halved_at_check, fooled) = (
-                        t[keep] for t in (x_adv, x_prev, x_fooled, x_best, grad, grad_best,
-                                          loss_best, loss_prev, eta, increases,
-                                          loss_best_at_check, halved_at_check, fooled))
-        out_x[pos] = torch.where(fooled.view(shape), x_fooled, x_best)
-        out_loss[pos] = loss_best
-        out_fooled[pos] = fooled
-        return out_x, out_fooled, out_loss
+        return _Run(
+            out_x=out_x, out_loss=out_loss, out_fooled=out_fooled, last_loss=loss.clone(),
+            x=x, y=y, target=target, pos=pos, loss_fn=loss_fn,
+            x_adv=x_adv, x_prev=x_adv, x_fooled=x_adv.clone(), x_best=x_adv.clone(),
+            grad=grad, grad_best=grad.clone(), loss_best=loss.clone(), loss_prev=loss.clone(),
+            loss_best_at_check=loss.clone(), eta=torch.full((n,), 2 * self.eps, device=x.device),
+            increases=torch.zeros(n, device=x.device),
+            halved_at_check=torch.zeros(n, dtype=torch.bool, device=x.device),
+            fooled=logits.argmax(1) != y,
+        )
+
+    def _step(self, model: nn.Module, run: _Run, alpha: float, *, trace: bool) -> None:
+        """One iteration: the momentum step (weight ``alpha`` on the new step), the gradient at
+        the new point, and the fooled, best and loss-increase bookkeeping."""
+        shape = (-1, *([1] * (run.x.dim() - 1)))
+        with torch.no_grad():
+            z = self.project(run.x, run.x_adv + run.eta.view(shape)
+                             * step_direction(run.grad, self.norm))
+            x_next = self.project(run.x, run.x_adv + alpha * (z - run.x_adv)
+                                  + (1 - alpha) * (run.x_adv - run.x_prev))
+        run.x_prev, run.x_adv = run.x_adv, x_next
+        with subset_queries(model, run.pos):
+            loss, run.grad, logits = self.input_gradient(model, run.x_adv, run.y, run.loss_fn,
+                                                         count=~run.fooled)
+        if trace:
+            run.last_loss[run.pos] = loss
+            self.record_loss(run.last_loss)
+        now_fooled = logits.argmax(1) != run.y
+        run.x_fooled[now_fooled] = run.x_adv[now_fooled]
+        run.fooled |= now_fooled
+        run.increases += (loss > run.loss_prev).float()
+        run.loss_prev = loss.clone()
+        improved = loss > run.loss_best
+        run.x_best[improved] = run.x_adv[improved]
+        run.loss_best[improved] = loss[improved]
+        run.grad_best[improved] = run.grad[improved]
+
+    def _halve_stalled(self, run: _Run, *, span: int) -> None:
+        """At a checkpoint ``span`` iterations after the last: an example whose loss rose in
+        fewer than rho of them, or whose best loss did not rise since a checkpoint where its
+        step was kept, halves its step and goes back to its best point."""
+        stalled = run.increases < self.rho * span
+        no_progress = ~run.halved_at_check & (run.loss_best <= run.loss_best_at_check)
+        halve = stalled | no_progress
+        run.eta[halve] /= 2
+        run.x_adv[halve] = run.x_best[halve]
+        run.grad[halve] = run.grad_best[halve]
+        run.loss_prev[halve] = run.loss_best[halve]
+        run.halved_at_check = halve
+        run.loss_best_at_check = run.loss_best.clone()
+        run.increases.zero_()
+
+    def _retire_fooled(self, run: _Run) -> bool:
+        """Write out the examples fooled so far and keep iterating the others only; False when
+        none is left."""
+        done = run.fooled.nonzero().squeeze(1)
+        run.out_x[run.pos[done]] = run.x_fooled[done]
+        run.out_loss[run.pos[done]] = run.loss_best[done]
+        run.out_fooled[run.pos[done]] = True
+        keep = (~run.fooled).nonzero().squeeze(1)
+        if keep.numel() == 0:
+            return False
+        run.keep(keep)
+        run.loss_fn = self._loss_for(run.target)
+        return True
 
     def _loss_for(self, target: torch.Tensor | None) -> Any:
         """The per-example loss, toward ``target`` (aligned with the batch) if given."""
@@ -241,30 +296,36 @@ class APGD(Attack):
         return lambda logits, labels: self.targeted_loss_fn(logits, labels, target)
 
 
-class APGDCE(APGD):
+class _FixedLossAPGD(APGD):
+    """APGD whose loss is set by the class (``fixed_loss``), so ``loss`` is no option."""
+
+    fixed_loss = "ce"
+
+    def __init__(self, *, eps: float, norm: str = "linf", steps: int = 100, restarts: int = 1,
+                 rho: float = 0.75, momentum: float = 0.75, batch_size: int = 256,
+                 seed: int | None = 0) -> None:
+        super().__init__(eps=eps, norm=norm, steps=steps, restarts=restarts,
+                         loss=self.fixed_loss, rho=rho, momentum=momentum,
+                         batch_size=batch_size, seed=seed)
+
+
+@ATTACKS.register()
+class APGDCE(_FixedLossAPGD):
     """APGD on the cross-entropy loss (AutoAttack's first attack)."""
 
     name = "apgd_ce"
-
-    def __init__(self, *, eps: float, norm: str = "linf", steps: int = 100, restarts: int = 1,
-                 rho: float = 0.75, momentum: float = 0.75, batch_size: int = 256,
-                 seed: int | None = 0) -> None:
-        super().__init__(eps=eps, norm=norm, steps=steps, restarts=restarts, loss="ce", rho=rho,
-                         momentum=momentum, batch_size=batch_size, seed=seed)
+    fixed_loss = "ce"
 
 
-class APGDDLR(APGD):
+@ATTACKS.register()
+class APGDDLR(_FixedLossAPGD):
     """APGD on the (untargeted) Difference of Logits Ratio loss; needs >= 3 classes."""
 
     name = "apgd_dlr"
-
-    def __init__(self, *, eps: float, norm: str = "linf", steps: int = 100, restarts: int = 1,
-                 rho: float = 0.75, momentum: float = 0.75, batch_size: int = 256,
-                 seed: int | None = 0) -> None:
-        super().__init__(eps=eps, norm=norm, steps=steps, restarts=restarts, loss="dlr", rho=rho,
-                         momentum=momentum, batch_size=batch_size, seed=seed)
+    fixed_loss = "dlr"
 
 
+@ATTACKS.register()
 class APGDT(APGD):
     """APGD-T (AutoAttack's second attack): APGD on the targeted DLR loss toward each of the
     ``n_target_classes`` highest-scoring wrong classes in turn (needs >= 4 classes)."""

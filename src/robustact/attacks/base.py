@@ -230,6 +230,12 @@ class Attack:
         if self._stats.tracing:
             self._stats.loss.append(loss.detach().float().mean())
 
+    def set_targeting(self, targeted: Any, n_target_classes: Any) -> None:
+        """Check and keep the targeted-mode options ``targeted`` and ``n_target_classes`` (read
+        by :meth:`targeting` and :meth:`targets_or_restarts`)."""
+        self.targeted = check_flag(self.name, "targeted", targeted)
+        self.n_target_classes = check_count(self.name, "n_target_classes", n_target_classes)
+
     def targeting(self) -> dict[str, Any]:
         """The targeted-mode settings for :meth:`hyperparameters` (attacks with ``targeted``
         and ``n_target_classes`` attributes)."""
@@ -385,6 +391,17 @@ def check_flag(name: str, key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{name}: {key} must be true or false, got {value!r}")
     return value
+
+
+def check_in(name: str, key: str, value: Any, interval: str) -> float:
+    """A number option inside ``interval``, written as the message shows it ("(0, 1]", "[0, 1]",
+    "(0, 1)"), as a float; or a one-line error."""
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    above = low < value if interval[0] == "(" else low <= value
+    below = value < high if interval[-1] == ")" else value <= high
+    if not (above and below):
+        raise ConfigError(f"{name}: {key} must be in {interval}, got {value}")
+    return float(value)
 
 
 def check_count(name: str, key: str, value: Any, minimum: int = 1) -> int:

@@ -57,6 +57,7 @@ from torch import nn
 
 from robustact.attacks.base import Attack, AttackResult, subset_queries
 from robustact.attacks.losses import margin
+from robustact.attacks.registry import ATTACKS
 from robustact.errors import ConfigError
 
 _BETAS = (0.9, 0.999)  # Adam's defaults, as in the reference
@@ -66,6 +67,7 @@ _UNBOUNDED = 1e10  # the "no succeeding constant yet" upper bound of the referen
 _STALL = 0.9999  # abort_early: a check must lower the loss below this fraction of the last
 
 
+@ATTACKS.register()
 class CW(Attack):
     """Carlini-Wagner L2 with a per-example binary search over the constant ``c``.
 

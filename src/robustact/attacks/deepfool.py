@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from robustact.attacks.base import Attack, AttackResult, perturbation_norm, subset_queries
+from robustact.attacks.registry import ATTACKS
 from robustact.errors import ConfigError
 
 #: added to the chosen distance so each step lands just past the linearised boundary (foolbox)
@@ -43,6 +44,7 @@ _DISTANCE_SLACK = 1e-4
 _TINY = 1e-8
 
 
+@ATTACKS.register()
 class DeepFool(Attack):
     """DeepFool, stopped per example as soon as the prediction leaves the label.
 

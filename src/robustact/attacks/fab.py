@@ -49,11 +49,12 @@ from robustact.attacks.base import (
     ALL_NORMS,
     Attack,
     check_count,
-    check_flag,
+    check_in,
     perturbation_norm,
     subset_queries,
 )
 from robustact.attacks.losses import targeted_margin
+from robustact.attacks.registry import ATTACKS
 from robustact.errors import ConfigError
 
 #: lower bound on the projection sizes in the step-size ratio (the reference's 1e-8)
@@ -62,6 +63,7 @@ _MIN_SIZE = 1e-8
 _TINY = 1e-12
 
 
+@ATTACKS.register()
 class FAB(Attack):
     """FAB (untargeted) or FAB-T (``targeted=True``), judged at ``eps``.
 
@@ -103,17 +105,12 @@ class FAB(Attack):
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, seed=seed)
         self.steps = check_count(self.name, "steps", steps)
         self.restarts = check_count(self.name, "restarts", restarts)
-        self.targeted = check_flag(self.name, "targeted", targeted)
-        self.n_target_classes = check_count(self.name, "n_target_classes", n_target_classes)
-        if not 0 <= alpha_max <= 1:
-            raise ConfigError(f"{self.name}: alpha_max must be in [0, 1], got {alpha_max}")
+        self.set_targeting(targeted, n_target_classes)
+        self.alpha_max = check_in(self.name, "alpha_max", alpha_max, "[0, 1]")
         if not (math.isfinite(eta) and eta >= 1):
             raise ConfigError(f"{self.name}: eta (overshoot) must be >= 1, got {eta}")
-        if not 0 < beta < 1:
-            raise ConfigError(f"{self.name}: beta must be in (0, 1), got {beta}")
-        self.alpha_max = float(alpha_max)
         self.eta = float(eta)
-        self.beta = float(beta)
+        self.beta = check_in(self.name, "beta", beta, "(0, 1)")
 
     def hyperparameters(self) -> dict[str, Any]:
         return {**super().hyperparameters(), "steps": self.steps, "restarts": self.restarts,

@@ -12,6 +12,7 @@ from torch import nn
 from robustact.attacks.base import Attack, subset_queries
 from robustact.attacks.losses import LossFn, margin
 from robustact.attacks.pgd import step_direction
+from robustact.attacks.registry import ATTACKS
 from robustact.errors import ConfigError
 
 
@@ -47,6 +48,7 @@ def antithetic_gradient(
     return grad / (2 * sigma * pairs)
 
 
+@ATTACKS.register()
 class GradientEstimation(Attack):
     """Signed gradient steps on an estimated gradient of the margin loss (Tramer et al. 2020).
 

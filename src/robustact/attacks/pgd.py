@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.attacks.base import Attack, check_count, check_flag
+from robustact.attacks.base import Attack
 from robustact.attacks.losses import LossFn, get_loss, get_targeted_loss
+from robustact.attacks.registry import ATTACKS
 from robustact.errors import ConfigError
 
 
@@ -31,6 +32,7 @@ def random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return (x + delta).clamp(0.0, 1.0)
 
 
+@ATTACKS.register()
 class PGD(Attack):
     """Projected gradient ascent on a loss, with random start and restarts.
 
@@ -63,8 +65,7 @@ class PGD(Attack):
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, seed=seed)
         if steps < 1 or restarts < 1:
             raise ConfigError(f"{self.name}: steps and restarts must be >= 1")
-        self.targeted = check_flag(self.name, "targeted", targeted)
-        self.n_target_classes = check_count(self.name, "n_target_classes", n_target_classes)
+        self.set_targeting(targeted, n_target_classes)
         self.targeted_loss_fn = get_targeted_loss(loss) if self.targeted else None
         if step_size is not None and rel_step is not None:
             raise ConfigError(f"{self.name}: give step_size or rel_step, not both")
@@ -143,6 +144,7 @@ class _Best:
         self.fooled |= fooled
 
 
+@ATTACKS.register()
 class BIM(PGD):
     """Basic Iterative Method (Kurakin et al. 2017): PGD from x itself (no random start).
 
@@ -171,6 +173,7 @@ class BIM(PGD):
                          seed=seed)
 
 
+@ATTACKS.register()
 class MIFGSM(PGD):
     """Momentum iterative FGSM (Dong et al. 2018): g <- mu g + grad / ||grad||_1; step sign(g)."""
 
@@ -201,6 +204,7 @@ class MIFGSM(PGD):
         return step_direction(self._momentum, self.norm)
 
 
+@ATTACKS.register()
 class FGSM(Attack):
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps
     (sign of the gradient for L-inf, the normalised gradient for L2).

@@ -1,4 +1,5 @@
-"""The attack registry: ``create_attack("pgd", eps=8/255, steps=40)``."""
+"""The attack registry: ``@ATTACKS.register()`` above an attack class, and
+``create_attack("pgd", eps=8/255, steps=40)`` to build one by name."""
 
 from __future__ import annotations
 

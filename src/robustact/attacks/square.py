@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.attacks.base import Attack, subset_queries
+from robustact.attacks.base import Attack, check_in, subset_queries
 from robustact.attacks.losses import margin
+from robustact.attacks.registry import ATTACKS
 from robustact.errors import ConfigError
 
 _TINY = 1e-12  # keeps L2 normalisations finite
@@ -79,6 +80,7 @@ def true_minus_other(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -margin(logits, y)
 
 
+@ATTACKS.register()
 class Square(Attack):
     """Square Attack, L-inf or L2, on the margin loss (true logit minus best other logit).
 
@@ -136,10 +138,8 @@ class Square(Attack):
                               f"initialisation), got {queries}")
         if restarts < 1:
             raise ConfigError(f"{self.name}: restarts must be >= 1, got {restarts}")
-        if not 0 < p_init <= 1:
-            raise ConfigError(f"{self.name}: p_init must be in (0, 1], got {p_init}")
+        self.p_init = check_in(self.name, "p_init", p_init, "(0, 1]")
         self.queries = int(queries)
-        self.p_init = float(p_init)
         self.restarts = int(restarts)
 
     def hyperparameters(self) -> dict[str, Any]:

@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from robustact.attacks.base import Attack, AttackResult, check_inputs, model_device
+from robustact.attacks.registry import ATTACKS
 from robustact.errors import ConfigError
 
 
+@ATTACKS.register()
 class Transfer(Attack):
     """Run a white-box ``attack`` on ``surrogate`` and return its examples for the target.
 

@@ -1,5 +1,8 @@
 """The registered datasets: where their files come from and how to read them.
 
+Each dataset is a function returning its :class:`DatasetSpec`, registered where it is defined
+with ``@DATASETS.register_built(name)`` (the registry holds the spec the function returns).
+
 SHA-256 sums of the official files (checked only on files this package downloads; local copies
 are trusted to the parsers' structural checks, since e.g. Debian's Fashion-MNIST is recompressed):
 
@@ -141,54 +144,72 @@ SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
-DATASETS.add("fashion_mnist", DatasetSpec(
-    info=FASHION_MNIST,
-    remote_files=_idx_remotes((FASHION_MNIST_URL,), _FASHION_SUMS),
-    subdirs=("fashion_mnist", "fashion-mnist", "FashionMNIST/raw", "FashionMNIST",
-             "fashion", "data/fashion"),
-    present=idx.idx_present,
-    split_files=idx.idx_split_files,
-    read=_read_idx(FASHION_MNIST.num_classes),
-    homepage="https://github.com/zalandoresearch/fashion-mnist",
-), aliases=("fashion-mnist", "fmnist", "fashionmnist"))
 
-DATASETS.add("mnist", DatasetSpec(
-    info=MNIST,
-    remote_files=_idx_remotes(MNIST_URLS, _MNIST_SUMS),
-    subdirs=("mnist", "MNIST/raw", "MNIST"),
-    present=idx.idx_present,
-    split_files=idx.idx_split_files,
-    read=_read_idx(MNIST.num_classes),
-    homepage="http://yann.lecun.com/exdb/mnist/",
-))
+@DATASETS.register_built("fashion_mnist", aliases=("fashion-mnist", "fmnist", "fashionmnist"))
+def fashion_mnist_spec() -> DatasetSpec:
+    """Zalando's Fashion-MNIST: idx files, also found in torchvision's and Keras' layouts."""
+    return DatasetSpec(
+        info=FASHION_MNIST,
+        remote_files=_idx_remotes((FASHION_MNIST_URL,), _FASHION_SUMS),
+        subdirs=("fashion_mnist", "fashion-mnist", "FashionMNIST/raw", "FashionMNIST",
+                 "fashion", "data/fashion"),
+        present=idx.idx_present,
+        split_files=idx.idx_split_files,
+        read=_read_idx(FASHION_MNIST.num_classes),
+        homepage="https://github.com/zalandoresearch/fashion-mnist",
+    )
 
-DATASETS.add("cifar10", DatasetSpec(
-    info=CIFAR10,
-    remote_files=(RemoteFile(  # tensorflow/datasets url_checksums/cifar10.csv; keras cifar10.py
-        cifar.ARCHIVE_NAME, (CIFAR10_URL,),
-        "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce", 170498071),),
-    subdirs=tuple(
-        sub for base in ("", "cifar10/", "cifar-10/", "CIFAR10/", "cifar/")
-        for sub in (f"{base}{cifar.BATCH_DIR}", base.rstrip("/"))
-    ),
-    present=_cifar_present,
-    prepare=_cifar_prepare,
-    split_files=cifar.batch_files,
-    read=cifar.load_cifar_batches,
-    homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
-), aliases=("cifar-10", "cifar_10"))
 
-DATASETS.add("svhn", DatasetSpec(
-    info=SVHN,
-    remote_files=(  # tensorflow/datasets url_checksums/svhn_cropped.txt
-        RemoteFile("train_32x32.mat", (SVHN_URL + "train_32x32.mat",),
-                   "435e94d69a87fde4fd4d7f3dd208dfc32cb6ae8af2240d066de1df7508d083b8", 182040794),
-        RemoteFile("test_32x32.mat", (SVHN_URL + "test_32x32.mat",),
-                   "cdce80dfb2a2c4c6160906d0bd7c68ec5a99d7ca4831afa54f09182025b6a75b", 64275384),
-    ),
-    subdirs=("svhn", "SVHN", ""),
-    present=svhn.svhn_present,
-    split_files=svhn.svhn_split_files,
-    read=_read_svhn,
-    homepage="http://ufldl.stanford.edu/housenumbers/",
-))
+@DATASETS.register_built("mnist")
+def mnist_spec() -> DatasetSpec:
+    """MNIST digits: idx files from the ossci or the CVDF mirror."""
+    return DatasetSpec(
+        info=MNIST,
+        remote_files=_idx_remotes(MNIST_URLS, _MNIST_SUMS),
+        subdirs=("mnist", "MNIST/raw", "MNIST"),
+        present=idx.idx_present,
+        split_files=idx.idx_split_files,
+        read=_read_idx(MNIST.num_classes),
+        homepage="http://yann.lecun.com/exdb/mnist/",
+    )
+
+
+@DATASETS.register_built("cifar10", aliases=("cifar-10", "cifar_10"))
+def cifar10_spec() -> DatasetSpec:
+    """CIFAR-10: the python-pickle batches, read from the archive or an extracted folder."""
+    return DatasetSpec(
+        info=CIFAR10,
+        remote_files=(RemoteFile(  # tensorflow/datasets url_checksums/cifar10.csv; keras cifar10.py
+            cifar.ARCHIVE_NAME, (CIFAR10_URL,),
+            "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce", 170498071),),
+        subdirs=tuple(
+            sub for base in ("", "cifar10/", "cifar-10/", "CIFAR10/", "cifar/")
+            for sub in (f"{base}{cifar.BATCH_DIR}", base.rstrip("/"))
+        ),
+        present=_cifar_present,
+        prepare=_cifar_prepare,
+        split_files=cifar.batch_files,
+        read=cifar.load_cifar_batches,
+        homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
+    )
+
+
+@DATASETS.register_built("svhn")
+def svhn_spec() -> DatasetSpec:
+    """SVHN, the cropped 32x32 digits: one MATLAB file per split."""
+    return DatasetSpec(
+        info=SVHN,
+        remote_files=(  # tensorflow/datasets url_checksums/svhn_cropped.txt
+            RemoteFile("train_32x32.mat", (SVHN_URL + "train_32x32.mat",),
+                       "435e94d69a87fde4fd4d7f3dd208dfc32cb6ae8af2240d066de1df7508d083b8",
+                       182040794),
+            RemoteFile("test_32x32.mat", (SVHN_URL + "test_32x32.mat",),
+                       "cdce80dfb2a2c4c6160906d0bd7c68ec5a99d7ca4831afa54f09182025b6a75b",
+                       64275384),
+        ),
+        subdirs=("svhn", "SVHN", ""),
+        present=svhn.svhn_present,
+        split_files=svhn.svhn_split_files,
+        read=_read_svhn,
+        homepage="http://ufldl.stanford.edu/housenumbers/",
+    )

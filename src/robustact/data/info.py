@@ -48,53 +48,25 @@ class DatasetInfo:
 
 
 DIGITS = tuple(str(d) for d in range(10))
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
 
 FASHION_MNIST = DatasetInfo(
-    name="fashion_mnist",
-    num_classes=10,
-    in_channels=1,
-    image_size=(28, 28),
-    mean=(0.2860,),
-    std=(0.3530,),
-    classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-             "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-    crop_padding=2,
-    hflip=True,
+    "fashion_mnist", num_classes=10, classes=FASHION_CLASSES, in_channels=1, image_size=(28, 28),
+    mean=(0.2860,), std=(0.3530,), crop_padding=2, hflip=True,
 )
-
 MNIST = DatasetInfo(
-    name="mnist",
-    num_classes=10,
-    in_channels=1,
-    image_size=(28, 28),
-    mean=(0.1307,),
-    std=(0.3081,),
-    classes=DIGITS,
-    crop_padding=2,
-    hflip=False,
+    "mnist", num_classes=10, classes=DIGITS, in_channels=1, image_size=(28, 28),
+    mean=(0.1307,), std=(0.3081,), crop_padding=2, hflip=False,
 )
-
 CIFAR10 = DatasetInfo(
-    name="cifar10",
-    num_classes=10,
-    in_channels=3,
-    image_size=(32, 32),
-    mean=(0.4914, 0.4822, 0.4465),
-    std=(0.2470, 0.2435, 0.2616),
-    classes=("airplane", "automobile", "bird", "cat", "deer",
-             "dog", "frog", "horse", "ship", "truck"),
-    crop_padding=4,
-    hflip=True,
+    "cifar10", num_classes=10, classes=CIFAR10_CLASSES, in_channels=3, image_size=(32, 32),
+    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), crop_padding=4, hflip=True,
 )
-
 SVHN = DatasetInfo(
-    name="svhn",
-    num_classes=10,
-    in_channels=3,
-    image_size=(32, 32),
-    mean=(0.4377, 0.4438, 0.4728),
-    std=(0.1980, 0.2010, 0.1970),
-    classes=DIGITS,
-    crop_padding=4,
+    "svhn", num_classes=10, classes=DIGITS, in_channels=3, image_size=(32, 32),
+    mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970), crop_padding=4,
     hflip=False,  # mirrored digits are not digits
 )

@@ -1,17 +1,18 @@
-"""Post hoc defenses of trained networks: Stochastic Activation Pruning (SAP) and the stochastic
-baselines of its paper (DRO, RNW, RSW, DWP, SWP, RNA, RSA), applied and removed in place.
+"""Post hoc defenses of trained networks, applied and removed in place.
+
+Stochastic Activation Pruning (SAP) and the stochastic baselines of its paper (DRO, RNW, RSW,
+DWP, SWP, RNA, RSA).
 
     >>> from robustact.defenses import apply_sap, remove_sap, apply_defense, remove_defense
     >>> apply_sap(model, frac=1.0)             # SAP-100 after every activation
     >>> remove_sap(model)                      # exactly the model before
     >>> apply_defense(model, "rnw", s=0.01)    # see list_defenses()
+
+Importing this package also registers the ``"sap"`` activation (:class:`ReLUSAP`).
 """
 
-from robustact.defenses.posthoc import (
-    DEFENSES,
-    WEIGHT_LAYERS,
+from robustact.defenses.layers import (
     DefendedActivation,
-    DefenseSpec,
     GaussianNoise,
     GaussianScaling,
     NoisyWeights,
@@ -19,12 +20,18 @@ from robustact.defenses.posthoc import (
     ScaledWeights,
     StochasticPrunedWeights,
     TestTimeDropout,
+)
+from robustact.defenses.posthoc import (
+    DEFENSES,
+    WEIGHT_LAYERS,
+    DefenseSpec,
     applied_defenses,
     apply_defense,
     apply_sap,
     batch_shared_randomness,
     defense_spec,
     list_defenses,
+    register_defense,
     remove_defense,
     remove_sap,
 )
@@ -44,6 +51,6 @@ __all__ = [
     "GaussianScaling", "NoisyWeights", "PrunedWeights", "ReLUSAP", "ScaledWeights",
     "StochasticPrunedWeights", "TestTimeDropout", "applied_defenses", "apply_defense",
     "apply_sap", "batch_shared_randomness", "defense_spec", "list_defenses",
-    "multinomial_counts", "num_draws", "remove_defense", "remove_sap", "sap",
+    "multinomial_counts", "num_draws", "register_defense", "remove_defense", "remove_sap", "sap",
     "sap_draw_counts", "sap_factor", "sap_keep_probability",
 ]

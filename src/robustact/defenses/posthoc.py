@@ -1,5 +1,7 @@
-"""Post hoc defenses: SAP and the stochastic baselines of its paper, applied to a trained network
-in place, without retraining, and removed exactly.
+"""Post hoc defense surgery: the DEFENSES registry, and applying and removing defenses in place.
+
+A registered defense is applied to the sites of a trained network, without retraining, and
+removed exactly.
 
     >>> apply_sap(model, frac=1.0)            # SAP-100 after every activation module
     >>> apply_defense(model, "rnw", s=0.01)   # fresh Gaussian noise on every conv/linear weight
@@ -23,40 +25,15 @@ Two kinds of sites:
   deep-copied parametrized module shares its generated class with the original, so removing
   the parametrization from one breaks the other.)
 
-The definitions (seed 004: section 4.1 for DRO, appendix B for the others; ``j`` indexes the
-entries of one weight tensor ``W`` or one activation map ``h``):
-
-====  ==========================================================================================
-dro   dropout after every activation, also in eval mode: ``h_j * b_j / (1 - p)``,
-      ``b_j ~ Bernoulli(1 - p)``; ``p`` is the drop rate (inverted-dropout scaling, as in
-      ``torch.nn.Dropout`` and MXNet's Dropout the authors used).
-rnw   "adding random Gaussian noise to each weight, with 0-mean and constant standard
-      deviation, s": ``M(W)_j = W_j + eta_j``, ``eta_j ~ N(0, s^2)``. ``s`` is absolute, in the
-      weights' own units (not relative to the layer's weight scale).
-rsw   "The scale factor can be picked from a Gaussian distribution, with mean 1 and constant
-      standard deviation s": ``M(W)_j = eta_j W_j``, ``eta_j ~ N(1, s^2)`` (``s`` relative).
-dwp   "the top k% entries of a weight matrix were kept, while the rest were pruned to 0,
-      according to their absolute values", per weight tensor, without fine-tuning: ``keep`` =
-      k/100 is the fraction kept (``round(keep * numel)``, at least 1; ties broken by
-      ``torch.topk``). Deterministic; the mask is fixed when the defense is applied.
-swp   SAP on the weights: per weight tensor ``p_j = |W_j| / sum |W|``, ``r`` = k% of its entries
-      drawn with replacement, drawn entries scaled by ``1 / (1 - (1 - p_j)^r)``, the others 0;
-      ``frac`` = k/100. (The formula is missing from the seed's text; this is the SAP formula
-      of section 3 applied to weight tensors, as the section's "k% of samples" describes.)
-rna   additive noise on activations: ``M(h)_j = h_j + eta_j``, ``eta_j ~ N(0, s^2)``, ``s``
-      absolute (in the activations' units).
-rsa   multiplicative noise on activations: ``M(h)_j = eta_j h_j``, ``eta_j ~ N(1, s^2)``.
-sap   Stochastic Activation Pruning, :class:`robustact.defenses.SAP` (``frac``, ``method``).
-====  ==========================================================================================
-
-Every noise variable is drawn independently per entry. All defenses act in train and eval mode
-(they are test-time defenses). Activation-site draws are per element, so the samples of a batch,
-and EOT's replicated copies, get independent draws. Weight-site draws (rnw, rsw, swp) happen
-once per forward and are shared by the whole batch: ``EOT(model, n)``, which runs the n copies
-in one forward, would average n copies of *one* draw there; use ``EOT(model, n,
-max_batch=len(x))`` (one forward per draw). :func:`batch_shared_randomness` tells which case
-a model is in. Every stochastic defense takes ``generator=`` (a ``torch.Generator`` on the
-model's device) for reproducible draws; default: the global RNG.
+The layers and their definitions are in :mod:`robustact.defenses.layers` (SAP in
+:mod:`robustact.defenses.sap`). All defenses act in train and eval mode (they are test-time
+defenses). Activation-site draws are per element, so the samples of a batch, and EOT's
+replicated copies, get independent draws. Weight-site draws (rnw, rsw, swp) happen once per
+forward and are shared by the whole batch: ``EOT(model, n)``, which runs the n copies in one
+forward, would average n copies of *one* draw there; use ``EOT(model, n, max_batch=len(x))``
+(one forward per draw). :func:`batch_shared_randomness` tells which case a model is in. Every
+stochastic defense takes ``generator=`` (a ``torch.Generator`` on the model's device) for
+reproducible draws; default: the global RNG.
 
 ``state_dict()`` of a defended model has the keys, order and values of the undefended model
 (the wrappers hide their ``act.`` level; the defense itself is not saved, re-apply it after
@@ -67,7 +44,6 @@ loading), and such a state dict loads into the defended and the undefended model
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -76,266 +52,19 @@ import torch
 from torch import nn
 
 from robustact.activations.convert import is_activation
-from robustact.defenses.sap import SAP, check_frac, sap
+from robustact.defenses import layers
+from robustact.defenses.layers import DefendedActivation
+from robustact.defenses.sap import SAP
 from robustact.errors import ConfigError
 from robustact.registry import Registry
 
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 ACTIVATION_SITE, WEIGHT_SITE = "activation", "weight"
-
-
-def _check_std(name: str, s: float) -> float:
-    if isinstance(s, bool) or not isinstance(s, int | float) or not (math.isfinite(s) and s >= 0):
-        raise ConfigError(f"{name}: the noise std s must be a finite number >= 0, got {s!r}")
-    return float(s)
-
-
-def _check_fraction(name: str, what: str, value: float, *, zero_ok: bool = False,
-                    one_ok: bool = True) -> float:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    low_ok = number and (value >= 0 if zero_ok else value > 0)
-    if not (low_ok and (value <= 1 if one_ok else value < 1)):
-        interval = f"{'[' if zero_ok else '('}0, 1{']' if one_ok else ')'}"
-        raise ConfigError(f"{name}: {what} must be in {interval}, got {value!r}")
-    return float(value)
-
-
-def _check_generator(name: str, generator: Any) -> torch.Generator | None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ConfigError(f"{name}: generator must be a torch.Generator, got {generator!r}")
-    return generator
-
-
-def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+Build = Callable[..., nn.Module]
 
 
 # ---------------------------------------------------------------------------------------------
-# activation-site layers (SAP is in sap.py)
-
-
-class TestTimeDropout(nn.Module):
-    """Dropout that stays on in eval mode (DRO): ``h * b / (1 - p)``, ``b ~ Bernoulli(1 - p)``.
-
-    Shapes: any (B, ...) in and out.
-    """
-
-    randomized = True
-    __test__ = False  # not a pytest class, despite the name
-
-    def __init__(self, p: float, *, generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        self.p = _check_fraction("dro", "the drop rate p", p, zero_ok=True, one_ok=False)
-        self.generator = _check_generator("dro", generator)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        keep = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.generator)
-        return x * keep.mul_(1 / (1 - self.p))
-
-    def extra_repr(self) -> str:
-        return f"p={self.p:g}"
-
-
-class GaussianNoise(nn.Module):
-    """Additive activation noise (RNA): ``h + eta``, ``eta ~ N(0, s^2)`` per entry, s absolute.
-
-    Shapes: any (B, ...) in and out.
-    """
-
-    randomized = True
-
-    def __init__(self, s: float, *, generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        self.s = _check_std("rna", s)
-        self.generator = _check_generator("rna", generator)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.s * _randn(x, self.generator)
-
-    def extra_repr(self) -> str:
-        return f"s={self.s:g}"
-
-
-class GaussianScaling(nn.Module):
-    """Multiplicative activation noise (RSA): ``eta * h``, ``eta ~ N(1, s^2)`` per entry.
-
-    Shapes: any (B, ...) in and out.
-    """
-
-    randomized = True
-
-    def __init__(self, s: float, *, generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        self.s = _check_std("rsa", s)
-        self.generator = _check_generator("rsa", generator)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * (1 + self.s * _randn(x, self.generator))
-
-    def extra_repr(self) -> str:
-        return f"s={self.s:g}"
-
-
-# ---------------------------------------------------------------------------------------------
-# weight defenses: forward(W) -> the weight the layer uses, computed at every layer forward
-
-
-class NoisyWeights(nn.Module):
-    """RNW weight defense: ``W + eta``, ``eta ~ N(0, s^2)`` per entry, s absolute."""
-
-    randomized = True
-
-    def __init__(self, s: float, *, generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        self.s = _check_std("rnw", s)
-        self.generator = _check_generator("rnw", generator)
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight + self.s * _randn(weight, self.generator)
-
-    def extra_repr(self) -> str:
-        return f"s={self.s:g}"
-
-
-class ScaledWeights(nn.Module):
-    """RSW weight defense: ``eta * W``, ``eta ~ N(1, s^2)`` per entry."""
-
-    randomized = True
-
-    def __init__(self, s: float, *, generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        self.s = _check_std("rsw", s)
-        self.generator = _check_generator("rsw", generator)
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * (1 + self.s * _randn(weight, self.generator))
-
-    def extra_repr(self) -> str:
-        return f"s={self.s:g}"
-
-
-class PrunedWeights(nn.Module):
-    """DWP weight defense: ``W * mask``, the mask keeping the ``round(keep * numel)`` (at
-    least 1) entries of largest ``|W|`` of the weight given at construction. The mask is a
-    non-persistent buffer (it follows ``.to()``, it is not saved)."""
-
-    randomized = False
-
-    def __init__(self, weight: torch.Tensor, keep: float) -> None:
-        super().__init__()
-        self.keep = _check_fraction("dwp", "the kept fraction keep", keep)
-        flat = weight.detach().abs().flatten()
-        self.kept = max(1, math.floor(self.keep * flat.numel() + 0.5))
-        mask = torch.zeros_like(flat)
-        mask[flat.topk(self.kept).indices] = 1
-        self.register_buffer("mask", mask.view_as(weight), persistent=False)
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.mask
-
-    def extra_repr(self) -> str:
-        return f"keep={self.keep:g}, kept={self.kept}/{self.mask.numel()}"
-
-
-class StochasticPrunedWeights(nn.Module):
-    """SWP weight defense: SAP over the entries of the whole weight tensor (one map),
-    ``r = round(frac * numel)`` draws; see :func:`robustact.defenses.sap`."""
-
-    randomized = True
-
-    def __init__(self, frac: float, *, generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        self.frac = check_frac(frac)
-        self.generator = _check_generator("swp", generator)
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return sap(weight.reshape(1, -1), self.frac, generator=self.generator).view_as(weight)
-
-    def extra_repr(self) -> str:
-        return f"frac={self.frac:g}"
-
-
-# ---------------------------------------------------------------------------------------------
-# the activation wrapper, and state_dict hooks that keep the undefended model's keys
-
-
-class DefendedActivation(nn.Module):
-    """An activation followed by a defense layer: ``forward(x) = defense(act(x))``.
-
-    ``state_dict()`` shows only ``act``'s entries, under this module's own prefix (as if the
-    wrapper were not there), and ``load_state_dict`` accepts them so.
-    Shapes: those of ``act``.
-    """
-
-    def __init__(self, act: nn.Module, defense: nn.Module, *, name: str) -> None:
-        super().__init__()
-        self.act = act
-        self.defense = defense
-        self.defense_name = name
-        self.register_state_dict_post_hook(_drop_wrapper_level)
-        self.register_load_state_dict_pre_hook(_add_wrapper_level)
-
-    @property
-    def randomized(self) -> bool:
-        return bool(getattr(self.defense, "randomized", False))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.defense(self.act(x))
-
-    def extra_repr(self) -> str:
-        return f"defense={self.defense_name}"
-
-
-def _retitle(state_dict: dict[str, Any], prefix: str, rename: Callable[[str], str | None]) -> None:
-    """Rename (or drop, when ``rename`` returns None) the entries of one module, which
-    ``state_dict()`` has just written at the end of ``state_dict``; their order is kept."""
-    items = [(k, state_dict.pop(k)) for k in [k for k in state_dict if k.startswith(prefix)]]
-    for key, value in items:
-        new = rename(key)
-        if new is not None:
-            state_dict[new] = value
-    metadata = getattr(state_dict, "_metadata", None)
-    if metadata is not None:
-        own = prefix[:-1]
-        for key in [k for k in metadata if k != own and (k + ".").startswith(prefix)]:
-            value = metadata.pop(key)
-            new = rename(key + ".")
-            if new is not None:
-                metadata[new[:-1]] = value
-
-
-def _drop_wrapper_level(module: nn.Module, state_dict: dict[str, Any], prefix: str,
-                        local_metadata: dict[str, Any]) -> None:
-    inner, defense = prefix + "act.", prefix + "defense."
-
-    def rename(key: str) -> str | None:
-        if key.startswith(defense):
-            return None
-        return prefix + key[len(inner):] if key.startswith(inner) else key
-
-    _retitle(state_dict, prefix, rename)
-
-
-def _add_wrapper_level(module: nn.Module, state_dict: dict[str, Any], prefix: str,
-                       *args: Any) -> None:
-    # load_state_dict works on its own copy of the dict, so renaming in place is safe
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        rest = key[len(prefix):]
-        if not rest.startswith(("act.", "defense.")):
-            state_dict[prefix + "act." + rest] = state_dict.pop(key)
-
-
-def _perturb_weight(layer: nn.Module, args: Any) -> None:
-    # an instance attribute is found before Module.__getattr__ looks into _parameters
-    layer.__dict__["weight"] = layer.weight_defense(layer._parameters["weight"])
-
-
-def _restore_weight(layer: nn.Module, args: Any, output: Any) -> None:
-    layer.__dict__.pop("weight", None)
-
-
-# ---------------------------------------------------------------------------------------------
-# the registry and apply / remove
+# the registry
 
 
 @dataclass(frozen=True)
@@ -345,7 +74,7 @@ class DefenseSpec:
 
     name: str
     site: str
-    build: Callable[..., nn.Module]
+    build: Build
     required: tuple[str, ...]
     summary: str
 
@@ -357,27 +86,74 @@ class DefenseSpec:
 DEFENSES: Registry[DefenseSpec] = Registry("defense")
 
 
-def _register(name: str, site: str, build: Callable[..., nn.Module], required: tuple[str, ...],
-              summary: str) -> None:
-    DEFENSES.add(name, DefenseSpec(name, site, build, required, summary))
+def register_defense(name: str, *, site: str, summary: str,
+                     required: tuple[str, ...] = ()) -> Callable[[Build], Build]:
+    """Decorator registering ``build`` as the defense ``name``: ``build(**params)`` (activation
+    sites) or ``build(weight, **params)`` (weight sites) makes one site's module."""
+
+    def decorator(build: Build) -> Build:
+        DEFENSES.add(name, DefenseSpec(name, site, build, required, summary))
+        return build
+
+    return decorator
 
 
-_register("sap", ACTIVATION_SITE, SAP, (),
-          "Stochastic Activation Pruning after every activation (frac=1.0: SAP-100)")
-_register("dro", ACTIVATION_SITE, TestTimeDropout, ("p",),
-          "dropout with drop rate p after every activation, also in eval mode")
-_register("rna", ACTIVATION_SITE, GaussianNoise, ("s",),
-          "additive N(0, s^2) noise on every activation map")
-_register("rsa", ACTIVATION_SITE, GaussianScaling, ("s",),
-          "multiplicative N(1, s^2) noise on every activation map")
-_register("rnw", WEIGHT_SITE, lambda weight, s, *, generator=None: NoisyWeights(
-    s, generator=generator), ("s",), "additive N(0, s^2) noise on every conv/linear weight")
-_register("rsw", WEIGHT_SITE, lambda weight, s, *, generator=None: ScaledWeights(
-    s, generator=generator), ("s",), "multiplicative N(1, s^2) noise on every conv/linear weight")
-_register("dwp", WEIGHT_SITE, lambda weight, keep: PrunedWeights(weight, keep), ("keep",),
-          "keep the fraction keep of largest-magnitude entries of every conv/linear weight")
-_register("swp", WEIGHT_SITE, lambda weight, frac, *, generator=None: StochasticPrunedWeights(
-    frac, generator=generator), ("frac",), "SAP over the entries of every conv/linear weight")
+@register_defense("sap", site=ACTIVATION_SITE,
+                  summary="Stochastic Activation Pruning after every activation "
+                          "(frac=1.0: SAP-100)")
+def _build_sap(frac: float = 1.0, *, method: str = "multinomial",
+               generator: torch.Generator | None = None) -> nn.Module:
+    return SAP(frac, method=method, generator=generator)
+
+
+@register_defense("dro", site=ACTIVATION_SITE, required=("p",),
+                  summary="dropout with drop rate p after every activation, also in eval mode")
+def _build_dro(p: float, *, generator: torch.Generator | None = None) -> nn.Module:
+    return layers.TestTimeDropout(p, generator=generator)
+
+
+@register_defense("rna", site=ACTIVATION_SITE, required=("s",),
+                  summary="additive N(0, s^2) noise on every activation map")
+def _build_rna(s: float, *, generator: torch.Generator | None = None) -> nn.Module:
+    return layers.GaussianNoise(s, generator=generator)
+
+
+@register_defense("rsa", site=ACTIVATION_SITE, required=("s",),
+                  summary="multiplicative N(1, s^2) noise on every activation map")
+def _build_rsa(s: float, *, generator: torch.Generator | None = None) -> nn.Module:
+    return layers.GaussianScaling(s, generator=generator)
+
+
+@register_defense("rnw", site=WEIGHT_SITE, required=("s",),
+                  summary="additive N(0, s^2) noise on every conv/linear weight")
+def _build_rnw(weight: torch.Tensor, s: float, *,
+               generator: torch.Generator | None = None) -> nn.Module:
+    return layers.NoisyWeights(s, generator=generator)
+
+
+@register_defense("rsw", site=WEIGHT_SITE, required=("s",),
+                  summary="multiplicative N(1, s^2) noise on every conv/linear weight")
+def _build_rsw(weight: torch.Tensor, s: float, *,
+               generator: torch.Generator | None = None) -> nn.Module:
+    return layers.ScaledWeights(s, generator=generator)
+
+
+@register_defense("dwp", site=WEIGHT_SITE, required=("keep",),
+                  summary="keep the fraction keep of largest-magnitude entries of every "
+                          "conv/linear weight")
+def _build_dwp(weight: torch.Tensor, keep: float) -> nn.Module:
+    return layers.PrunedWeights(weight, keep)
+
+
+@register_defense("swp", site=WEIGHT_SITE, required=("frac",),
+                  summary="SAP over the entries of every conv/linear weight")
+def _build_swp(weight: torch.Tensor, frac: float, *,
+               generator: torch.Generator | None = None) -> nn.Module:
+    return layers.StochasticPrunedWeights(frac, generator=generator)
+
+
+# ---------------------------------------------------------------------------------------------
+# apply / remove
 
 
 def list_defenses() -> list[str]:
@@ -457,8 +233,8 @@ def _wrap_activations(model: nn.Module, spec: DefenseSpec,
 
 
 def _is_defense_layer(module: nn.Module) -> bool:
-    return isinstance(module, SAP | TestTimeDropout | GaussianNoise | GaussianScaling
-                      | DefendedActivation)
+    return isinstance(module, SAP | layers.TestTimeDropout | layers.GaussianNoise
+                      | layers.GaussianScaling | DefendedActivation)
 
 
 def _defend_weights(model: nn.Module, spec: DefenseSpec,
@@ -485,6 +261,17 @@ def _defend_weights(model: nn.Module, spec: DefenseSpec,
 def _weight_defense(layer: nn.Module) -> nn.Module | None:
     module = layer._modules.get("weight_defense")
     return module if hasattr(module, "defense_name") else None
+
+
+
+def _perturb_weight(layer: nn.Module, args: Any) -> None:
+    # an instance attribute is found before Module.__getattr__ looks into _parameters
+    layer.__dict__["weight"] = layer.weight_defense(layer._parameters["weight"])
+
+
+def _restore_weight(layer: nn.Module, args: Any, output: Any) -> None:
+    layer.__dict__.pop("weight", None)
+
 
 
 def remove_defense(model: nn.Module, name: str | None = None) -> nn.Module:

@@ -43,6 +43,7 @@ import math
 import torch
 from torch import nn
 
+from robustact.activations.registry import ACTIVATIONS
 from robustact.errors import ConfigError
 
 METHODS = ("multinomial", "independent")
@@ -269,6 +270,10 @@ class SAP(nn.Module):
         return f"frac={self.frac:g}, method={self.method}{seeded}"
 
 
+# ReLU followed by SAP is an activation, for models built with SAP from the start (``apply_sap``
+# inserts SAP into a trained network instead). The bare SAP layer is not registered: it would
+# count as an activation, and convert_activations would replace it.
+@ACTIVATIONS.register("sap", aliases=("relu_sap",))
 class ReLUSAP(SAP):
     """ReLU followed by SAP, ``sap(relu(x))``: the paper's use of SAP as one activation module,
     for building a model with SAP from the start (``act_layer``) rather than post hoc.

@@ -7,8 +7,6 @@ from robustact.eval.calibration import (
     expected_calibration_error,
     predict_proba,
     reliability,
-    reliability_svg,
-    save_reliability_svg,
 )
 from robustact.eval.robustness import (
     AttackOutcome,
@@ -23,5 +21,4 @@ __all__ = [
     "AttackOutcome", "AttackSpec", "RobustnessReport", "evaluate", "evaluate_accuracy",
     "predict", "wilson_interval",
     "Reliability", "calibrate", "expected_calibration_error", "predict_proba", "reliability",
-    "reliability_svg", "save_reliability_svg",
 ]

@@ -1,60 +1,52 @@
-"""Evaluate a trained checkpoint under a suite of attacks and write the result beside it.
+"""Evaluating a trained checkpoint: load it, evaluate it under an EvalConfig, make the record.
 
 Shared by ``robustact attack`` and the study runner (``robustact run``)::
 
-    record, report = attack_checkpoint("runs/demo", ["fgsm", "pgd:steps=40"], [0.1], n=1000)
-    write_robustness(record, report, Path("runs/demo/robustness"))   # .json and .csv
+    config = EvalConfig.from_dict({"eps": [0.1], "n": 1000, "attacks": ["pgd:steps=40"]})
+    record, report = attack_checkpoint("runs/demo", config)
+    write_robustness(record, report, Path("runs/demo/robustness"))   # .json and .csv exports
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from robustact.errors import ConfigError
-from robustact.eval.robustness import AttackSpec, RobustnessReport, evaluate
+from robustact.eval.config import EvalConfig
+from robustact.eval.outcomes import RobustnessReport
+from robustact.eval.record import EvalRecord
+from robustact.eval.robustness import AttackSpec, collect, evaluate
 from robustact.files import atomic_path, write_json
 
 
 def attack_checkpoint(
     checkpoint: str | Path,
-    attacks: Sequence[str | dict[str, Any] | AttackSpec],
-    eps_list: Sequence[float],
-    n: int | None = None,
+    config: EvalConfig,
     *,
-    suite: str | None = None,
-    split: str = "test",
-    norm: str | None = None,
-    n_samples: int | None = 1,
-    sequential: bool = True,
-    diagnose: bool = True,
-    probe_size: int = 200,
     device: str = "auto",
     data_dir: str | None = None,
     defense: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
-) -> tuple[dict[str, Any], RobustnessReport]:
-    """Load ``checkpoint`` (file or run directory), evaluate the first ``n`` images of its
-    dataset's ``split`` under the ``suite`` (``adaptive``, ``autoattack``, ...) and the listed
-    ``attacks`` at every eps; returns (JSON-ready record, report). ``defense``
+) -> tuple[EvalRecord, RobustnessReport]:
+    """Load ``checkpoint`` (file or run directory), evaluate the first ``config.n`` images of
+    its dataset's ``config.split`` under ``config``; returns (record, report). ``defense``
     (``{"defense": "sap", "frac": 1.0}``) is applied post hoc before evaluating."""
-    specs = [AttackSpec.parse(a) for a in attacks]
-    if not specs and suite in (None, "none"):
-        raise ConfigError("give a suite (adaptive, autoattack, autoattack-rand) or attacks, "
-                          "e.g. fgsm,pgd or pgd:steps=40")
-    if norm:
+    specs = [AttackSpec.parse(a) for a in config.attacks]
+    if config.norm:
         for spec in specs:
-            spec.kwargs.setdefault("norm", norm)
-    model, config, loader = _load(checkpoint, n, split, device, data_dir, defense)
-    report = evaluate(model, loader, specs, eps_list, n_examples=n, suite=suite,
-                      norm=norm or "linf", n_samples=n_samples,
-                      sequential=sequential, diagnose=diagnose, probe_size=probe_size,
+            spec.kwargs.setdefault("norm", config.norm)
+    model, meta, loader = _load(checkpoint, config.n, config.split, device, data_dir, defense)
+    report = evaluate(model, loader, specs, config.eps, n_examples=config.n,
+                      suite=config.suite, norm=config.norm or "linf",
+                      n_samples=config.samples, sequential=config.sequential,
+                      diagnose=config.diagnose, probe_size=config.probe_size,
                       progress=progress)
-    record = {"checkpoint": str(checkpoint), "model": config["model"], "defense": defense,
-              "activation": config["activation"], "act_kwargs": config.get("act_kwargs"),
-              "dataset": config["dataset"], "split": split, **report.to_dict()}
+    record = EvalRecord.from_dict({
+        "checkpoint": str(checkpoint), "model": meta["model"], "defense": defense,
+        "activation": meta["activation"], "act_kwargs": meta.get("act_kwargs"),
+        "dataset": meta["dataset"], "split": config.split, **report.to_dict()})
     return record, report
 
 
@@ -82,17 +74,15 @@ def load_evaluation_data(checkpoint: str | Path, n: int | None, *, split: str = 
                          ) -> tuple[Any, Any, Any]:
     """(model with ``defense`` applied, x, y): the first ``n`` images of the checkpoint's
     dataset, as the evaluation sees them (x on the CPU, in [0, 1])."""
-    from robustact.eval.robustness import collect
-
     model, _, loader = _load(checkpoint, n, split, device, data_dir, defense)
     x, y = collect(loader, n)
     return model, x, y
 
 
-def write_robustness(record: dict[str, Any], report: RobustnessReport, stem: Path) -> None:
-    """``stem.json`` (the full record, per-example outcomes included) and ``stem.csv`` (one row
-    per attack and eps), each written to a temporary name and renamed: never half a file."""
-    write_json(stem.with_suffix(".json"), record)
+def write_robustness(record: EvalRecord, report: RobustnessReport, stem: Path) -> None:
+    """Exports: ``stem.json`` (the full record, per-example outcomes included) and
+    ``stem.csv`` (one row per attack and eps), each written atomically."""
+    write_json(stem.with_suffix(".json"), record.to_dict())
     rows = report.rows()
     with atomic_path(stem.with_suffix(".csv")) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))

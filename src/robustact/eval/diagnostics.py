@@ -44,8 +44,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustact.eval.outcomes import AttackOutcome, RobustnessReport
 from robustact.eval.randomness import judge, predict
-from robustact.eval.robustness import AttackOutcome, AttackSpec, RobustnessReport
+from robustact.eval.spec import AttackSpec
 from robustact.eval.stats import mcnemar_exact, significantly_more
 
 ITERATIVE = ("pgd", "bim", "mifgsm", "apgd", "apgd_ce", "apgd_dlr", "apgd_t")

@@ -2,7 +2,7 @@
 
     report = evaluate(model, loader, ["fgsm", "pgd:steps=40", "deepfool"], eps_list=[0.1],
                       suite="adaptive", n_examples=1000)
-    report.table()          # robust accuracy per attack and eps, and the worst case
+    report.rows()           # robust accuracy per attack and eps, and the worst case
     report.diagnostics      # gradient-masking checks and the verdict
 
 ``suite`` names a preset (:mod:`robustact.eval.suites`: ``adaptive``, ``autoattack``,
@@ -24,149 +24,18 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from robustact.errors import ConfigError
+from robustact.eval.diagnostics import diagnose as run_diagnostics
+from robustact.eval.outcomes import AttackOutcome, RobustnessReport
 from robustact.eval.randomness import judge, predict, stable_samples
 from robustact.eval.spec import AttackSpec
-from robustact.eval.stats import wilson_interval
 
 __all__ = ["AttackOutcome", "AttackSpec", "RobustnessReport", "collect", "evaluate", "predict"]
-
-
-@dataclass
-class AttackOutcome:
-    """One attack at one eps. ``correct[i]``: example i is still classified correctly after
-    this attack (False when an earlier attack or the clean input was already wrong);
-    ``attacked[i]``: the attack ran on example i."""
-
-    label: str
-    name: str
-    eps: float
-    correct: torch.Tensor
-    attacked: torch.Tensor
-    gradient_free: bool
-    eot: int | None
-    bpda: bool
-    params: dict[str, Any]
-    seconds: float
-    loss_trace: list[float] = field(default_factory=list)
-    grad_bad_fraction: float | None = None
-    queries: float = 0.0  # mean model queries per attacked example
-    group: str | None = None  # "suite", "paper" or None (see AttackSpec)
-    flips: int = 0  # attacked points whose two judgings disagreed (randomized models)
-
-    @property
-    def robust_accuracy(self) -> float:
-        return self.correct.float().mean().item()
-
-    def interval(self) -> tuple[float, float]:
-        return wilson_interval(int(self.correct.sum()), self.correct.numel())
-
-
-@dataclass
-class RobustnessReport:
-    """Everything :func:`evaluate` measured; ``to_dict`` / ``rows`` serialise it."""
-
-    n: int
-    eps_list: list[float]
-    clean_correct: torch.Tensor
-    outcomes: list[AttackOutcome]
-    n_samples: int
-    sequential: bool
-    seconds: float
-    diagnostics: Any = None  # robustact.eval.diagnostics.Diagnostics
-    suite: Any = None  # robustact.eval.suites.Suite
-    randomized: bool = False
-    clean_flips: int = 0
-
-    @property
-    def clean_accuracy(self) -> float:
-        return self.clean_correct.float().mean().item()
-
-    def worst_case(self, eps: float) -> torch.Tensor:
-        """(N,) bool: correct under every attack at ``eps`` (and on the clean input)."""
-        correct = self.clean_correct.clone()
-        for outcome in self.outcomes:
-            if outcome.eps == eps:
-                correct &= outcome.correct
-        return correct
-
-    def accuracy(self, label: str, eps: float) -> float:
-        for outcome in self.outcomes:
-            if outcome.label == label and outcome.eps == eps:
-                return outcome.robust_accuracy
-        raise KeyError(f"no result for attack {label!r} at eps {eps}")
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One flat row per (attack, eps), plus clean and worst-case rows (for CSV)."""
-        lo, hi = wilson_interval(int(self.clean_correct.sum()), self.n)
-        rows = [_row("clean", None, self.clean_accuracy, lo, hi, self.n)]
-        for outcome in self.outcomes:
-            lo, hi = outcome.interval()
-            rows.append(_row(outcome.label, outcome.eps, outcome.robust_accuracy, lo, hi,
-                             self.n, seconds=outcome.seconds, queries=outcome.queries,
-                             attacked=int(outcome.attacked.sum()), group=outcome.group,
-                             flips=outcome.flips))
-        for eps in self.eps_list:
-            worst = self.worst_case(eps)
-            lo, hi = wilson_interval(int(worst.sum()), self.n)
-            rows.append(_row("worst_case", eps, worst.float().mean().item(), lo, hi, self.n))
-        return rows
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "n": self.n, "eps_list": self.eps_list, "n_samples": self.n_samples,
-            "sequential": self.sequential, "seconds": self.seconds,
-            "clean_accuracy": self.clean_accuracy, "randomized": self.randomized,
-            "clean_flips": self.clean_flips,
-            "suite": self.suite.to_dict() if self.suite is not None else None,
-            "rows": self.rows(),
-            "attacks": [{
-                "label": o.label, "name": o.name, "eps": o.eps, "params": o.params,
-                "group": o.group, "flips": o.flips,
-                "suite": self.suite.name if o.group == "suite" and self.suite else None,
-                "gradient_free": o.gradient_free, "eot": o.eot, "bpda": o.bpda,
-                "loss_trace": o.loss_trace, "grad_bad_fraction": o.grad_bad_fraction,
-                "correct": o.correct.int().tolist(), "attacked": o.attacked.int().tolist(),
-            } for o in self.outcomes],
-            "clean_correct": self.clean_correct.int().tolist(),
-            "diagnostics": self.diagnostics.to_dict() if self.diagnostics is not None else None,
-        }
-
-    def table(self) -> str:
-        """A plain-text table: robust accuracy (%) per attack (rows) and eps (columns)."""
-        labels = list(dict.fromkeys(o.label for o in self.outcomes))
-        head = f"{'attack':<22}" + "".join(f"{'eps ' + format(e, '.4g'):>14}"
-                                           for e in self.eps_list)
-        lines = [head, f"{'clean':<22}" + f"{100 * self.clean_accuracy:>13.1f}%"]
-        for label in labels:
-            cells = []
-            for eps in self.eps_list:
-                try:
-                    cells.append(f"{100 * self.accuracy(label, eps):>13.1f}%")
-                except KeyError:
-                    cells.append(f"{'-':>14}")
-            lines.append(f"{label:<22}" + "".join(cells))
-        worst = "".join(f"{100 * self.worst_case(e).float().mean().item():>13.1f}%"
-                        for e in self.eps_list)
-        lines.append(f"{'worst case':<22}" + worst)
-        if self.randomized:
-            flips = sum(o.flips for o in self.outcomes)
-            lines.append(f"randomized model: predictions averaged over {self.n_samples} passes, "
-                         f"judged twice; the judgings disagreed on {self.clean_flips} clean and "
-                         f"{flips} attacked points (a point is robust only if both are right)")
-        return "\n".join(lines)
-
-
-def _row(attack: str, eps: float | None, acc: float, lo: float, hi: float, n: int,
-         **extra: Any) -> dict[str, Any]:
-    return {"attack": attack, "eps": eps, "robust_accuracy": acc, "ci_low": lo, "ci_high": hi,
-            "n": n, "robust": round(acc * n), **extra}
 
 
 def collect(data: Iterable[tuple[torch.Tensor, torch.Tensor]] | tuple[torch.Tensor, torch.Tensor],
@@ -235,31 +104,40 @@ def evaluate(
         all_specs = (resolved.specs if resolved else []) + specs
         _check_labels(all_specs)
         clean = judge(model, x, y.to(device), n_samples, randomized)
-        outcomes = []
-        for eps in eps_values:
-            alive = clean.correct.clone()
-            for spec in all_specs:
-                in_sequence = spec.group == "suite" or (spec.group is None and sequential)
-                targets = alive if in_sequence else clean.correct
-                if progress is not None:
-                    progress(f"{spec.label} eps={eps:g} on {int(targets.sum())} points")
-                outcome = _run_attack(model, spec, eps, x, y, targets, n_samples, randomized)
-                outcomes.append(outcome)
-                if in_sequence:
-                    alive &= outcome.correct
+        outcomes = [outcome for eps in eps_values
+                    for outcome in _attack_at(model, all_specs, eps, x, y, clean.correct,
+                                              n_samples, randomized, sequential, progress)]
         report = RobustnessReport(n=len(y), eps_list=eps_values, clean_correct=clean.correct,
                                   outcomes=outcomes, n_samples=n_samples,
                                   sequential=sequential, seconds=0.0, suite=resolved,
                                   randomized=randomized, clean_flips=clean.flips)
         if diagnose:
-            from robustact.eval.diagnostics import diagnose as run_diagnostics
-
             report.diagnostics = run_diagnostics(model, x, y, report, all_specs,
                                                  probe_size=probe_size, n_samples=n_samples)
     finally:
         model.train(was_training)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _attack_at(model: nn.Module, specs: list[AttackSpec], eps: float, x: torch.Tensor,
+               y: torch.Tensor, clean: torch.Tensor, n_samples: int, randomized: bool,
+               sequential: bool, progress: Callable[[str], None] | None,
+               ) -> list[AttackOutcome]:
+    """Every attack at one eps: suite attacks (and, without a suite, sequential ones) on the
+    points still robust, paper-style ones on every clean-correct point."""
+    alive = clean.clone()
+    outcomes = []
+    for spec in specs:
+        in_sequence = spec.group == "suite" or (spec.group is None and sequential)
+        targets = alive if in_sequence else clean
+        if progress is not None:
+            progress(f"{spec.label} eps={eps:g} on {int(targets.sum())} points")
+        outcome = _run_attack(model, spec, eps, x, y, targets, n_samples, randomized)
+        outcomes.append(outcome)
+        if in_sequence:
+            alive &= outcome.correct
+    return outcomes
 
 
 def _resolve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str | None, norm: str,

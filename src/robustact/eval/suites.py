@@ -16,10 +16,13 @@
   points still robust.
 
 A suite is resolved for a model into a :class:`Suite`: its attack specs and what was found.
+Each suite is a function registered with ``@SUITES.register(name)`` that builds it from what
+:func:`resolve_suite` found out about the model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +33,8 @@ from robustact.attacks.wrappers import BPDA, is_randomized
 from robustact.errors import ConfigError
 from robustact.eval.randomness import stable_eot, stable_samples
 from robustact.eval.spec import AttackSpec
+from robustact.registry import Registry
 
-SUITES = ("adaptive", "autoattack", "autoattack-rand")
 #: AutoAttack's EOT passes in its rand version
 AUTOATTACK_RAND_EOT = 20
 #: points used to decide randomness, EOT passes and judging passes
@@ -60,16 +63,22 @@ class Suite:
                 "bpda": self.bpda, "notes": self.notes}
 
 
+#: ``build(model, x, y, norm, randomized, n_samples, notes) -> Suite`` (x, y: the probe points)
+SuiteBuilder = Callable[[nn.Module, torch.Tensor, torch.Tensor, str, bool, int, list[str]], Suite]
+
+SUITES: Registry[SuiteBuilder] = Registry("suite", separator="-")
+
+
 def list_suites() -> list[str]:
-    return list(SUITES)
+    return SUITES.names()
 
 
 def canonical_suite(name: str) -> str:
-    key = str(name).strip().lower().replace("_", "-")
+    key = str(name)
     if key not in SUITES:
-        raise ConfigError(f"unknown suite {name!r}; valid suites: {', '.join(SUITES)} "
+        raise ConfigError(f"unknown suite {name!r}; valid suites: {', '.join(SUITES.names())} "
                           "(or 'none' for only the attacks you list)")
-    return key
+    return SUITES.resolve(key)
 
 
 def resolve_suite(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
@@ -91,13 +100,7 @@ def resolve_suite(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         if randomized:
             notes.append(f"predictions averaged over {n_samples} passes (two judgings of the "
                          "clean points disagree on at most 1%)")
-    if key == "autoattack":
-        return Suite(key, autoattack_specs(norm), randomized, n_samples, notes=notes)
-    if key == "autoattack-rand":
-        specs = [AttackSpec("apgd_ce", {"norm": norm}, eot=AUTOATTACK_RAND_EOT, group="suite"),
-                 AttackSpec("apgd_dlr", {"norm": norm}, eot=AUTOATTACK_RAND_EOT, group="suite")]
-        return Suite(key, specs, randomized, n_samples, eot=AUTOATTACK_RAND_EOT, notes=notes)
-    return _adaptive(model, px, py, norm, randomized, n_samples, notes)
+    return SUITES.get(key)(model, px, py, norm, randomized, n_samples, notes)
 
 
 def autoattack_specs(norm: str) -> list[AttackSpec]:
@@ -110,8 +113,27 @@ def autoattack_specs(norm: str) -> list[AttackSpec]:
             AttackSpec("square", {"norm": norm, "queries": 5000, "p_init": 0.8}, group="suite")]
 
 
+@SUITES.register("autoattack")
+def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
+                randomized: bool, n_samples: int, notes: list[str]) -> Suite:
+    """AutoAttack's standard version (:func:`autoattack_specs`)."""
+    return Suite("autoattack", autoattack_specs(norm), randomized, n_samples, notes=notes)
+
+
+@SUITES.register("autoattack-rand")
+def _autoattack_rand(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
+                     randomized: bool, n_samples: int, notes: list[str]) -> Suite:
+    """AutoAttack's version for randomized models: APGD-CE and APGD-DLR through EOT."""
+    specs = [AttackSpec("apgd_ce", {"norm": norm}, eot=AUTOATTACK_RAND_EOT, group="suite"),
+             AttackSpec("apgd_dlr", {"norm": norm}, eot=AUTOATTACK_RAND_EOT, group="suite")]
+    return Suite("autoattack-rand", specs, randomized, n_samples, eot=AUTOATTACK_RAND_EOT,
+                 notes=notes)
+
+
+@SUITES.register("adaptive")
 def _adaptive(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, randomized: bool,
               n_samples: int, notes: list[str]) -> Suite:
+    """What robustact holds strongest for the model at hand (see the module's docstring)."""
     surrogates = BPDA(model).layers
     bpda = bool(surrogates)
     if bpda:

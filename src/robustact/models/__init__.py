@@ -1,11 +1,14 @@
 """Model zoo: every model takes images in [0, 1], normalizes inside and returns logits.
 
-``create_model(name, **kwargs)`` builds a registered model; see :func:`list_models`.
+``create_model(name, **kwargs)`` builds a registered model; see :func:`list_models`. Each model
+registers itself with ``@MODELS.register(name)`` in its own module; importing those modules
+here is what registers them all.
 """
 
 from __future__ import annotations
 
 from robustact.models.alexnet import AlexNet, AlexNetCifar
+from robustact.models.factory import PRETRAINED_MODELS, create_model, model_arguments
 from robustact.models.normalize import Normalize
 from robustact.models.pretrained import (
     IMAGENET_MEAN,
@@ -14,13 +17,7 @@ from robustact.models.pretrained import (
     load_torchvision_weights,
     resnet18_key_map,
 )
-from robustact.models.registry import (
-    MODELS,
-    PRETRAINED_MODELS,
-    create_model,
-    list_models,
-    model_arguments,
-)
+from robustact.models.registry import MODELS, list_models
 from robustact.models.resnet import (
     BasicBlock,
     CifarResNet,

@@ -8,9 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.errors import ConfigError
-from robustact.models.common import ActLayer, check_positive, check_rate, resolve_act
-from robustact.models.normalize import Normalize
+from robustact.models.common import ActLayer, act_and_normalize, check_model_args
+from robustact.models.registry import MODELS
 
 
 def alexnet_features(first_conv: nn.Conv2d, act: ActLayer) -> nn.Sequential:
@@ -34,6 +33,22 @@ def alexnet_features(first_conv: nn.Conv2d, act: ActLayer) -> nn.Sequential:
     )
 
 
+def alexnet_classifier(in_features: int, hidden: tuple[int, int], num_classes: int,
+                       dropout: float, act: ActLayer) -> list[nn.Module]:
+    """AlexNet's dense layers: Dropout, Linear, act, Dropout, Linear, act, Linear (torchvision's
+    index layout, linears at 1, 4, 6); only the widths differ between the two variants."""
+    return [
+        nn.Dropout(dropout),
+        nn.Linear(in_features, hidden[0]),
+        act(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden[0], hidden[1]),
+        act(),
+        nn.Linear(hidden[1], num_classes),
+    ]
+
+
+@MODELS.register("alexnet")
 class AlexNet(nn.Module):
     """AlexNet with torchvision's layout and module names (loads torchvision weights).
 
@@ -47,31 +62,16 @@ class AlexNet(nn.Module):
     63x63 runs thanks to the adaptive pool); output logits (B, num_classes).
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        act_layer: Any = "relu",
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        dropout: float = 0.5,
-    ) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, act_layer: Any = "relu",
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 dropout: float = 0.5) -> None:
         super().__init__()
-        check_positive("alexnet", num_classes=num_classes, in_channels=in_channels)
-        check_rate("alexnet", dropout=dropout)
-        act = resolve_act(act_layer)
-        self.normalize = Normalize(mean, std, in_channels)
+        check_model_args("alexnet", num_classes, in_channels, dropout=dropout)
+        act, self.normalize = act_and_normalize(act_layer, mean, std, in_channels)
         self.features = alexnet_features(nn.Conv2d(in_channels, 64, 11, stride=4, padding=2), act)
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-        self.classifier = nn.Sequential(
-            nn.Dropout(dropout),
-            nn.Linear(256 * 6 * 6, 4096),
-            act(),
-            nn.Dropout(dropout),
-            nn.Linear(4096, 4096),
-            act(),
-            nn.Linear(4096, num_classes),
-        )
+        dense = alexnet_classifier(256 * 6 * 6, (4096, 4096), num_classes, dropout, act)
+        self.classifier = nn.Sequential(*dense)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(self.normalize(x)))
@@ -83,6 +83,7 @@ def _pooled(size: int) -> int:
     return (size - 3) // 2 + 1
 
 
+@MODELS.register("alexnet_cifar")
 class AlexNetCifar(nn.Module):
     """AlexNet scaled to 32x32 inputs (the five-conv AlexNet with 5x5/3x3 kernels, stride 1).
 
@@ -96,36 +97,17 @@ class AlexNetCifar(nn.Module):
     Shapes: input (B, in_channels, input_size, input_size) in [0, 1]; output (B, num_classes).
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        act_layer: Any = "relu",
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        input_size: int = 32,
-        dropout: float = 0.5,
-    ) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, act_layer: Any = "relu",
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 input_size: int = 32, dropout: float = 0.5) -> None:
         super().__init__()
-        check_positive("alexnet_cifar", num_classes=num_classes, in_channels=in_channels,
-                       input_size=input_size)
-        check_rate("alexnet_cifar", dropout=dropout)
+        check_model_args("alexnet_cifar", num_classes, in_channels, dropout=dropout,
+                         input_size=input_size, min_input_size=15)  # 15 -> 7 -> 3 -> 1
+        act, self.normalize = act_and_normalize(act_layer, mean, std, in_channels)
         side = _pooled(_pooled(_pooled(input_size)))
-        if side < 1:
-            raise ConfigError(f"alexnet_cifar: input_size must be >= 15, got {input_size}")
-        act = resolve_act(act_layer)
-        self.normalize = Normalize(mean, std, in_channels)
         self.features = alexnet_features(nn.Conv2d(in_channels, 64, 5, padding=2), act)
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Dropout(dropout),
-            nn.Linear(256 * side * side, 384),
-            act(),
-            nn.Dropout(dropout),
-            nn.Linear(384, 192),
-            act(),
-            nn.Linear(192, num_classes),
-        )
+        dense = alexnet_classifier(256 * side * side, (384, 192), num_classes, dropout, act)
+        self.classifier = nn.Sequential(nn.Flatten(), *dense)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(self.normalize(x)))

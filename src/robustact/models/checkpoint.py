@@ -46,7 +46,7 @@ def model_kwargs_from_config(config: dict[str, Any], info: Any) -> dict[str, Any
 def build_model(config: dict[str, Any], *, pretrained: bool = True) -> nn.Module:
     """Construct the (untrained) model a training config describes."""
     from robustact.data import dataset_info
-    from robustact.models.registry import create_model
+    from robustact.models.factory import create_model
 
     kwargs = model_kwargs_from_config(config, dataset_info(config["dataset"]))
     if pretrained and config.get("pretrained"):

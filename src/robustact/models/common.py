@@ -2,21 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
+import robustact.defenses  # noqa: F401  registers the SAP activation
 from robustact.activations import ActLayer, get_act_layer
 from robustact.errors import ConfigError
+from robustact.models.normalize import Normalize
 
 __all__ = [
-    "ActLayer", "check_choice", "check_positive", "check_rate", "init_conv_bn", "resolve_act",
+    "ActLayer", "act_and_normalize", "check_choice", "check_model_args", "check_positive",
+    "check_rate", "init_conv_bn", "resolve_act",
 ]
 
 
 def resolve_act(act_layer: Any) -> ActLayer:
     """Resolve an ``act_layer`` argument once; call the result at every activation site."""
     return get_act_layer(act_layer)
+
+
+def act_and_normalize(act_layer: Any, mean: Sequence[float] | None, std: Sequence[float] | None,
+                      in_channels: int) -> tuple[ActLayer, Normalize]:
+    """What every model builds from its shared arguments: the resolved activation factory and
+    the input :class:`Normalize` (the model's first module)."""
+    return resolve_act(act_layer), Normalize(mean, std, in_channels)
+
+
+def check_model_args(model: str, num_classes: int, in_channels: int, *,
+                     dropout: float | None = None, input_size: int | None = None,
+                     min_input_size: int = 1, reason: str = "") -> None:
+    """Check the arguments models share, in this order: positive class and channel counts (and
+    ``input_size``), a dropout rate in [0, 1), and ``input_size >= min_input_size`` (what the
+    model's poolings need; ``reason`` says why, in the message)."""
+    sizes = {} if input_size is None else {"input_size": input_size}
+    check_positive(model, num_classes=num_classes, in_channels=in_channels, **sizes)
+    if dropout is not None:
+        check_rate(model, dropout=dropout)
+    if input_size is not None and input_size < min_input_size:
+        why = f" ({reason})" if reason else ""
+        raise ConfigError(
+            f"{model}: input_size must be >= {min_input_size}{why}, got {input_size}"
+        )
 
 
 def check_positive(model: str, **values: int) -> None:

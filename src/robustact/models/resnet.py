@@ -16,12 +16,13 @@ from torch import nn
 from robustact.errors import ConfigError
 from robustact.models.common import (
     ActLayer,
+    act_and_normalize,
     check_choice,
+    check_model_args,
     check_positive,
     init_conv_bn,
-    resolve_act,
 )
-from robustact.models.normalize import Normalize
+from robustact.models.registry import MODELS
 
 STEMS = ("cifar", "imagenet")
 SHORTCUTS = ("A", "B")
@@ -69,6 +70,7 @@ def projection(in_planes: int, planes: int, stride: int) -> nn.Sequential:
     return nn.Sequential(conv1x1(in_planes, planes, stride), nn.BatchNorm2d(planes))
 
 
+@MODELS.register("resnet18")
 class ResNet18(nn.Module):
     """ResNet18: BasicBlocks [2, 2, 2, 2], widths 64/128/256/512, global average pool, fc.
 
@@ -81,21 +83,14 @@ class ResNet18(nn.Module):
     Shapes: input (B, in_channels, H, W) in [0, 1]; output logits (B, num_classes).
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        act_layer: Any = "relu",
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        stem: str = "cifar",
-    ) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, act_layer: Any = "relu",
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 stem: str = "cifar") -> None:
         super().__init__()
-        check_positive("resnet18", num_classes=num_classes, in_channels=in_channels)
+        check_model_args("resnet18", num_classes, in_channels)
         check_choice("resnet18", "stem", stem, STEMS)
-        act = resolve_act(act_layer)
         self.stem = stem
-        self.normalize = Normalize(mean, std, in_channels)
+        act, self.normalize = act_and_normalize(act_layer, mean, std, in_channels)
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         else:
@@ -155,6 +150,7 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
+@MODELS.register("preact_resnet18", aliases=("preactresnet18",))
 class PreActResNet18(nn.Module):
     """PreActResNet18 of Wong, Rice, Kolter, "Fast is better than free" (ICLR 2020).
 
@@ -163,18 +159,12 @@ class PreActResNet18(nn.Module):
     Shapes: input (B, in_channels, H, W) in [0, 1]; output logits (B, num_classes).
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        act_layer: Any = "relu",
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-    ) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, act_layer: Any = "relu",
+                 mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
         super().__init__()
-        check_positive("preact_resnet18", num_classes=num_classes, in_channels=in_channels)
-        act = resolve_act(act_layer)
-        self.normalize = Normalize(mean, std, in_channels)
+        check_model_args("preact_resnet18", num_classes, in_channels)
+        act, self.normalize = act_and_normalize(act_layer, mean, std, in_channels)
         self.conv1 = conv3x3(in_channels, 64)
         widths = ((64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2))
         for index, (in_planes, planes, stride) in enumerate(widths, start=1):
@@ -225,24 +215,16 @@ class CifarResNet(nn.Module):
     0.27M parameters. Shapes: input (B, in_channels, H, W) in [0, 1]; output (B, num_classes).
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        act_layer: Any = "relu",
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        depth: int = 20,
-        shortcut: str = "A",
-    ) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, act_layer: Any = "relu",
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 depth: int = 20, shortcut: str = "A") -> None:
         super().__init__()
         check_positive("resnet", num_classes=num_classes, in_channels=in_channels, depth=depth)
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ConfigError(f"resnet: depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
         check_choice(f"resnet{depth}", "shortcut", shortcut, SHORTCUTS)
-        act = resolve_act(act_layer)
+        act, self.normalize = act_and_normalize(act_layer, mean, std, in_channels)
         blocks = (depth - 2) // 6
-        self.normalize = Normalize(mean, std, in_channels)
         self.conv1 = conv3x3(in_channels, 16)
         self.bn1 = nn.BatchNorm2d(16)
         self.act = act()
@@ -289,8 +271,9 @@ def _fixed_depth(depth: int) -> Callable[..., CifarResNet]:
     return build
 
 
-resnet20 = _fixed_depth(20)
-resnet32 = _fixed_depth(32)
-resnet44 = _fixed_depth(44)
-resnet56 = _fixed_depth(56)
-resnet110 = _fixed_depth(110)
+# the registry's decorator, applied where each fixed-depth builder is defined
+resnet20 = MODELS.register("resnet20")(_fixed_depth(20))
+resnet32 = MODELS.register("resnet32")(_fixed_depth(32))
+resnet44 = MODELS.register("resnet44")(_fixed_depth(44))
+resnet56 = MODELS.register("resnet56")(_fixed_depth(56))
+resnet110 = MODELS.register("resnet110")(_fixed_depth(110))

@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.errors import ConfigError
-from robustact.models.common import check_positive, resolve_act
-from robustact.models.normalize import Normalize
+from robustact.models.common import act_and_normalize, check_model_args
+from robustact.models.registry import MODELS
 
 
+@MODELS.register("small_cnn", aliases=("smallcnn",))
 class SmallCNN(nn.Module):
     """conv3x3(32)-BN-act-maxpool2 -> conv3x3(64)-BN-act-maxpool2 -> fc 128 -> act -> fc.
 
@@ -23,24 +23,13 @@ class SmallCNN(nn.Module):
     (B, num_classes). ``input_size`` only fixes the flatten size 64 * (input_size // 4) ** 2.
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        in_channels: int = 1,
-        act_layer: Any = "relu",
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        input_size: int = 28,
-    ) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, act_layer: Any = "relu",
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 input_size: int = 28) -> None:
         super().__init__()
-        check_positive("small_cnn", num_classes=num_classes, in_channels=in_channels,
-                       input_size=input_size)
-        if input_size < 4:
-            raise ConfigError(
-                f"small_cnn: input_size must be >= 4 (two 2x2 poolings), got {input_size}"
-            )
-        act = resolve_act(act_layer)
-        self.normalize = Normalize(mean, std, in_channels)
+        check_model_args("small_cnn", num_classes, in_channels, input_size=input_size,
+                         min_input_size=4, reason="two 2x2 poolings")
+        act, self.normalize = act_and_normalize(act_layer, mean, std, in_channels)
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 32, 3, padding=1),
             nn.BatchNorm2d(32),

@@ -8,9 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.errors import ConfigError
-from robustact.models.common import ActLayer, check_positive, check_rate, resolve_act
-from robustact.models.normalize import Normalize
+from robustact.models.common import ActLayer, act_and_normalize, check_model_args
+from robustact.models.registry import MODELS
 
 WIDTHS = (32, 64, 128)
 BLOCK_DROPOUT = (0.2, 0.3, 0.4)
@@ -30,6 +29,7 @@ def vgg_block(in_planes: int, planes: int, dropout: float, act: ActLayer) -> nn.
     )
 
 
+@MODELS.register("vgg_kaf", aliases=("vggkaf",))
 class VGGKAF(nn.Module):
     """VGG-inspired CNN of the KAF thesis, for 32x32 inputs.
 
@@ -41,25 +41,14 @@ class VGGKAF(nn.Module):
     Shapes: input (B, in_channels, input_size, input_size) in [0, 1]; output (B, num_classes).
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        act_layer: Any = "relu",
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        input_size: int = 32,
-        dropout: float = 0.5,
-    ) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, act_layer: Any = "relu",
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 input_size: int = 32, dropout: float = 0.5) -> None:
         super().__init__()
-        check_positive("vgg_kaf", num_classes=num_classes, in_channels=in_channels,
-                       input_size=input_size)
-        check_rate("vgg_kaf", dropout=dropout)
+        check_model_args("vgg_kaf", num_classes, in_channels, dropout=dropout,
+                         input_size=input_size, min_input_size=8)  # three 2x2 poolings
+        act, self.normalize = act_and_normalize(act_layer, mean, std, in_channels)
         side = input_size // 8
-        if side < 1:
-            raise ConfigError(f"vgg_kaf: input_size must be >= 8, got {input_size}")
-        act = resolve_act(act_layer)
-        self.normalize = Normalize(mean, std, in_channels)
         blocks, planes = [], in_channels
         for width, rate in zip(WIDTHS, BLOCK_DROPOUT, strict=True):
             blocks.append(vgg_block(planes, width, rate, act))

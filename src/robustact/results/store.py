@@ -53,10 +53,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from robustact.errors import ConfigError, RobustactError
+from robustact.eval.record import EvalRecord
 
 SCHEMA_VERSION = 1
 STATUSES = ("running", "done", "failed")
-EXPORT_FORMATS = ("csv", "json", "markdown")
+EXPORT_FORMATS = ("csv", "json")  # markdown: robustact.report.results_tables
 CLEAN = "clean"
 WORST_CASE = "worst_case"
 
@@ -425,16 +426,13 @@ class ResultsStore:
 
         self._write(work)
 
-    def record_robustness(self, run_id: int, record: Mapping[str, Any]) -> None:
-        """Store an evaluation of run ``run_id``: ``record`` is the dict that
-        :func:`robustact.eval.checkpoint.attack_checkpoint` returns (and the study runner
-        writes to robustness.json). Replaces the run's previous evaluation, results and
-        diagnostics."""
-        if not isinstance(record, Mapping) or not isinstance(record.get("rows"), list):
-            raise ConfigError("not a robustness record (it has no list of rows); pass the dict "
-                              "written to robustness.json")
+    def record_robustness(self, run_id: int, record: EvalRecord | Mapping[str, Any]) -> None:
+        """Store an evaluation of run ``run_id``: an :class:`~robustact.eval.record.EvalRecord`
+        (or its JSON form, as in robustness.json). Replaces the run's previous evaluation,
+        results and diagnostics."""
+        record = EvalRecord.from_dict(record)
         evaluation, results = _evaluation_rows(run_id, record)
-        diagnostics = record.get("diagnostics")
+        diagnostics = record.diagnostics
 
         def work(conn: sqlite3.Connection) -> None:
             self._check_run(conn, run_id)
@@ -594,9 +592,8 @@ class ResultsStore:
         return out
 
     def export(self, study: str | None = None, format: str = "csv") -> str:
-        """The export table (see :meth:`table`) as ``csv``, ``json`` or ``markdown`` text.
-
-        CSV and JSON keep every number exactly; markdown shows accuracies with 4 decimals.
+        """The export table (see :meth:`table`) as ``csv`` or ``json`` text, every number
+        exact (the markdown rendering is :func:`robustact.report.results_tables.export_markdown`).
         """
         if format not in EXPORT_FORMATS:
             raise ConfigError(f"unknown export format {format!r}; valid: "
@@ -604,13 +601,11 @@ class ResultsStore:
         rows = self.table(study)
         if format == "json":
             return json.dumps(rows, indent=1) + "\n"
-        if format == "csv":
-            buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-            return buffer.getvalue()
-        return _markdown(rows)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue()
 
 
 EXPORT_COLUMNS = [
@@ -620,80 +615,55 @@ EXPORT_COLUMNS = [
     "attack", "eps", "robust_accuracy", "ci_low", "ci_high", "n", "robust", "seconds", "queries",
     "verdict",
 ]
-MARKDOWN_COLUMNS = [
-    "study", "cell", "status", "model", "activation", "act_kwargs", "dataset", "training",
-    "epochs", "seed", "train_seconds", "attack", "eps", "robust_accuracy", "ci_low", "ci_high",
-    "n", "robust", "verdict",
-]
-
-
-def _markdown(rows: list[dict[str, Any]]) -> str:
-    def cell(key: str, value: Any) -> str:
-        if value is None:
-            return ""
-        if key in ("robust_accuracy", "ci_low", "ci_high") and isinstance(value, float):
-            return f"{value:.4f}"
-        if key == "train_seconds" and isinstance(value, float):
-            return f"{value:.1f}"
-        if isinstance(value, float):
-            return f"{value:g}"
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
-    lines += ["| " + " | ".join(cell(k, r[k]) for k in MARKDOWN_COLUMNS) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
     out = dict(row)
     out["config"] = _loads(out["config"])
     return out
 
 
-def _evaluation_rows(run_id: int, record: Mapping[str, Any]) -> tuple[dict[str, Any],
-                                                                     list[dict[str, Any]]]:
+def _evaluation_rows(run_id: int, record: EvalRecord) -> tuple[dict[str, Any],
+                                                              list[dict[str, Any]]]:
     """The ``evaluations`` row and the ``results`` rows of a robustness record."""
-    eps_list = [float(e) for e in record.get("eps_list") or []]
     evaluation = {
-        "run_id": run_id, "checkpoint": _str(record.get("checkpoint")),
-        "model": record.get("model"), "activation": record.get("activation"),
-        "act_kwargs": _dumps(record.get("act_kwargs")), "dataset": record.get("dataset"),
-        "split": record.get("split"), "n": _int(record.get("n")), "eps_list": _dumps(eps_list),
-        "n_samples": _int(record.get("n_samples")),
-        "sequential": None if record.get("sequential") is None else int(record["sequential"]),
-        "seconds": _float(record.get("seconds")),
-        "clean_accuracy": _float(record.get("clean_accuracy")),
-        "clean_correct": _bits(record.get("clean_correct")),
-        "evaluate_hash": record.get("evaluate_hash"), "recorded": now(),
+        "run_id": run_id, "checkpoint": _str(record.checkpoint), "model": record.model,
+        "activation": record.activation, "act_kwargs": _dumps(record.act_kwargs),
+        "dataset": record.dataset, "split": record.split, "n": _int(record.n),
+        "eps_list": _dumps([float(e) for e in record.eps_list]),
+        "n_samples": _int(record.n_samples),
+        "sequential": None if record.sequential is None else int(record.sequential),
+        "seconds": _float(record.seconds), "clean_accuracy": _float(record.clean_accuracy),
+        "clean_correct": _bits(record.clean_correct), "evaluate_hash": record.evaluate_hash,
+        "recorded": now(),
     }
-    attacks = {(a.get("label"), _float(a.get("eps"))): a for a in record.get("attacks") or []}
-    results = []
-    for position, row in enumerate(record["rows"]):
-        if not isinstance(row, Mapping) or "attack" not in row or "robust_accuracy" not in row:
-            raise ConfigError(f"robustness row {position} lacks attack or robust_accuracy: "
-                              f"{row!r}")
-        eps = _float(row.get("eps"))
-        attack = attacks.get((row["attack"], eps), {})
-        details = {k: attack[k] for k in ("gradient_free", "eot", "bpda", "loss_trace",
-                                          "grad_bad_fraction", "group", "flips", "suite")
-                   if k in attack}
-        accuracy = float(row["robust_accuracy"])
-        if math.isnan(accuracy):
-            raise ConfigError(f"robustness row {position} ({row['attack']}) has a NaN accuracy")
-        results.append({
-            "run_id": run_id, "position": position, "attack": str(row["attack"]),
-            "name": attack.get("name", row["attack"]), "eps": eps, "robust_accuracy": accuracy,
-            "ci_low": _float(row.get("ci_low")), "ci_high": _float(row.get("ci_high")),
-            "n": _int(row.get("n")), "robust": _int(row.get("robust")),
-            "attacked": _int(row.get("attacked")), "seconds": _float(row.get("seconds")),
-            "queries": _float(row.get("queries")),
-            "params": _dumps(attack["params"]) if "params" in attack else None,
-            "details": _dumps(details) if details else None,
-            "correct": (_bits(attack.get("correct")) if attack else
-                        _bits(record.get("clean_correct")) if row["attack"] == CLEAN else None),
-            "attacked_mask": _bits(attack.get("attacked")) if attack else None,
-        })
-    return evaluation, results
+    return evaluation, [_result_row(run_id, position, row, record)
+                        for position, row in enumerate(record.rows)]
+
+
+def _result_row(run_id: int, position: int, row: Any, record: EvalRecord) -> dict[str, Any]:
+    """One ``results`` row: a row of the record with its attack's parameters and outcomes."""
+    if not isinstance(row, Mapping) or "attack" not in row or "robust_accuracy" not in row:
+        raise ConfigError(f"robustness row {position} lacks attack or robust_accuracy: {row!r}")
+    eps = _float(row.get("eps"))
+    attack = record.attack(row["attack"], eps)
+    details = {k: attack[k] for k in ("gradient_free", "eot", "bpda", "loss_trace",
+                                      "grad_bad_fraction", "group", "flips", "suite")
+               if k in attack}
+    accuracy = float(row["robust_accuracy"])
+    if math.isnan(accuracy):
+        raise ConfigError(f"robustness row {position} ({row['attack']}) has a NaN accuracy")
+    return {
+        "run_id": run_id, "position": position, "attack": str(row["attack"]),
+        "name": attack.get("name", row["attack"]), "eps": eps, "robust_accuracy": accuracy,
+        "ci_low": _float(row.get("ci_low")), "ci_high": _float(row.get("ci_high")),
+        "n": _int(row.get("n")), "robust": _int(row.get("robust")),
+        "attacked": _int(row.get("attacked")), "seconds": _float(row.get("seconds")),
+        "queries": _float(row.get("queries")),
+        "params": _dumps(attack["params"]) if "params" in attack else None,
+        "details": _dumps(details) if details else None,
+        "correct": (_bits(attack.get("correct")) if attack else
+                    _bits(record.clean_correct) if row["attack"] == CLEAN else None),
+        "attacked_mask": _bits(attack.get("attacked")) if attack else None,
+    }
 
 
 def _str(value: Any) -> str | None:

@@ -8,8 +8,9 @@ section 4.2 and Table 1), on MinAtar's 10x10 games instead of the paper's Atari.
 
 Rooms: ``games`` (MinAtar wrapper), ``network`` (Q-networks), ``replay`` (replay buffer),
 ``dqn`` (Double DQN and its trainer), ``evaluate`` (returns of the dense and the SAP agent
-under FGSM on every observation), ``study`` (a YAML file of games -> trained agents ->
-results store). Names are imported lazily, so ``robustact.rl`` loads without torch or MinAtar
+under FGSM on every observation). RL study files (games -> trained agents -> results store)
+are read and run by :mod:`robustact.study` like the image studies. Names are imported lazily,
+so ``robustact.rl`` loads without torch or MinAtar
 until one is used.
 """
 
@@ -27,8 +28,6 @@ _EXPORTS = {
     "train_dqn": "dqn", "update_target": "dqn",
     "AgentReturns": "evaluate", "evaluate_agents": "evaluate", "fgsm_observations": "evaluate",
     "greedy_actions": "evaluate", "play_episodes": "evaluate", "relative_change": "evaluate",
-    "RLStudy": "study", "load_rl_study": "study", "run_rl_study": "study",
-    "rl_results_table": "study",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,4 @@
-"""Double DQN (van Hasselt, Guez, Silver 2016) on MinAtar: the trainer and its pieces.
+"""Train Double-DQN agents (van Hasselt, Guez, Silver 2016) on MinAtar: the trainer, its pieces.
 
 The pieces are plain functions, tested against brute-force statements of them:
 
@@ -34,7 +34,6 @@ frames with the current policy before updates resume.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -49,7 +48,7 @@ import torch
 from torch import nn
 
 from robustact.errors import CheckpointError, ConfigError
-from robustact.options import from_options, short_hash
+from robustact.options import OptionsMixin
 from robustact.rl.games import MinAtarGame, check_game
 from robustact.rl.network import create_q_network, list_networks
 from robustact.rl.replay import Batch, ReplayBuffer
@@ -60,8 +59,12 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 @dataclass
-class DQNConfig:
-    """Every option of a Double-DQN run (units in the comments; frames = environment steps)."""
+class DQNConfig(OptionsMixin):
+    """Every option of a Double-DQN run (units in the comments; frames = environment steps).
+    :meth:`hash` covers what determines the trained weights (not where they go)."""
+
+    OPTIONS_WHAT = "DQN"
+    UNHASHED = frozenset({"out", "progress", "device", "log_every", "checkpoint_every"})
 
     game: str = "breakout"
     network: str = "minatar"          # robustact.rl.network: minatar | nature
@@ -124,17 +127,6 @@ class DQNConfig:
         if self.out is None:
             self.out = f"runs/rl/{self.game}"
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DQNConfig:
-        return from_options(cls, data, "DQN")
-
-    def hash(self) -> str:
-        """A short hash of what determines the trained weights (not where they go)."""
-        skip = {"out", "progress", "device", "log_every", "checkpoint_every"}
-        return short_hash({k: v for k, v in self.to_dict().items() if k not in skip})
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
@@ -248,22 +240,80 @@ def agent_meta(config: DQNConfig, game: MinAtarGame) -> dict[str, Any]:
 def train_dqn(config: DQNConfig, *, resume: bool = False,
               log: Callable[[str], None] = print) -> DQNResult:
     """Train a Double-DQN agent (see the module docstring); returns a :class:`DQNResult`."""
-    from tqdm.auto import tqdm
-
     from robustact.device import select_device
 
     device = select_device(config.device)
     out = Path(str(config.out))
+    ckpt = _checkpoint_to_resume(out, config, resume, log)
+    run = _set_up(config, device, out, ckpt, log)
+    run.out.mkdir(parents=True, exist_ok=True)
+    run.metrics.write_text("".join(json.dumps(row) + "\n" for row in run.history))
+    bar = _start_play(run)
+    try:
+        for frame in range(run.start, config.frames):
+            _frame(run, frame, bar)
+    finally:
+        bar.close()
+    return _finish(run, log)
+
+
+@dataclass
+class _Run:
+    """A DQN training run in progress: its pieces, counters and the episode being played."""
+
+    config: DQNConfig
+    device: torch.device
+    out: Path
+    start: int                        # the frame training (re)starts at
+    game: MinAtarGame
+    online: nn.Module
+    target: nn.Module
+    optimizer: torch.optim.Optimizer
+    buffer: ReplayBuffer
+    rng: np.random.Generator          # exploration
+    updates: int
+    history: list[dict[str, Any]]
+    returns: list[float]              # of every finished training episode
+    obs: np.ndarray | None = None
+    episode_return: float = 0.0
+    episode_frames: int = 0
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=100))
+    losses: list[float] = field(default_factory=list)  # since the last metrics row
+    began: float = 0.0
+    last_log: int = 0
+    last_time: float = 0.0
+
+    @property
+    def path(self) -> Path:
+        return self.out / CHECKPOINT_NAME
+
+    @property
+    def metrics(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+
+def _checkpoint_to_resume(out: Path, config: DQNConfig, resume: bool,
+                          log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The checkpoint in ``out`` to continue, checked to fit ``config``; None to start afresh."""
     path = out / CHECKPOINT_NAME
-    ckpt = load_agent_checkpoint(path) if resume and path.exists() else None
-    if resume and ckpt is None:
+    if not resume:
+        return None
+    if not path.exists():
         log(f"no checkpoint in {out}; starting afresh")
-    if ckpt is not None and ckpt["config"].get("game") != config.game:
+        return None
+    ckpt = load_agent_checkpoint(path)
+    if ckpt["config"].get("game") != config.game:
         raise CheckpointError(f"{path} is an agent for {ckpt['config'].get('game')}, not "
                               f"{config.game}; use another --out")
+    _check_resumable(ckpt, config, path)
+    return ckpt
+
+
+def _set_up(config: DQNConfig, device: torch.device, out: Path, ckpt: dict[str, Any] | None,
+            log: Callable[[str], None]) -> _Run:
+    """Seed, game, online and target networks, optimizer (restored from ``ckpt``), replay
+    buffer and exploration RNG, in this (RNG) order."""
     start = int(ckpt["frames"]) if ckpt else 0
-    if ckpt is not None:
-        _check_resumable(ckpt, config, path)
     torch.manual_seed(config.seed)
     game = MinAtarGame(config.game, seed=config.seed + start,
                        sticky_action_prob=config.sticky_action_prob, ramping=config.ramping,
@@ -271,106 +321,147 @@ def train_dqn(config: DQNConfig, *, resume: bool = False,
     online = create_q_network(config.network, game.obs_shape[0], game.num_actions).to(device)
     target = create_q_network(config.network, game.obs_shape[0], game.num_actions).to(device)
     optimizer = make_optimizer(config, online.parameters())
-    updates, history, returns = 0, [], []
-    if ckpt is not None:
-        online.load_state_dict(ckpt["model_state"])
-        target.load_state_dict(ckpt["target_state"])
-        optimizer.load_state_dict(ckpt["optimizer_state"])
-        updates, history = int(ckpt["updates"]), list(ckpt["history"])
-        returns = [float(r) for r in ckpt["episode_returns"]]
-        log(f"resuming {config.game} at frame {start} ({updates} updates); the replay buffer "
-            f"refills for {config.replay_start} frames")
-    else:
-        hard_update(target, online)
+    updates, history, returns = _restore(ckpt, config, online, target, optimizer, log)
     target.eval()
     buffer = ReplayBuffer(config.replay_size, game.obs_shape, seed=config.seed + 1 + start)
     rng = np.random.default_rng(config.seed + 2 + start)
-    meta = agent_meta(config, game)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = out / "metrics.jsonl"
-    metrics.write_text("".join(json.dumps(row) + "\n" for row in history))
+    return _Run(config, device, out, start, game, online, target, optimizer, buffer, rng,
+                updates, history, returns)
 
-    def save(frame: int) -> None:
-        from robustact.train.checkpoint import save_atomic
 
-        save_atomic({**meta, "config": config.to_dict(), "config_hash": config.hash(),
-                     "model_state": online.state_dict(), "target_state": target.state_dict(),
-                     "optimizer_state": optimizer.state_dict(), "frames": frame,
-                     "updates": updates, "episodes": len(returns), "history": history,
-                     "episode_returns": returns}, path)
+def _restore(ckpt: dict[str, Any] | None, config: DQNConfig, online: nn.Module,
+             target: nn.Module, optimizer: torch.optim.Optimizer,
+             log: Callable[[str], None]) -> tuple[int, list[dict[str, Any]], list[float]]:
+    """Weights, optimizer, update count, history and episode returns from ``ckpt``; afresh
+    (the target a copy of the online network) without one."""
+    if ckpt is None:
+        hard_update(target, online)
+        return 0, [], []
+    online.load_state_dict(ckpt["model_state"])
+    target.load_state_dict(ckpt["target_state"])
+    optimizer.load_state_dict(ckpt["optimizer_state"])
+    updates, history = int(ckpt["updates"]), list(ckpt["history"])
+    returns = [float(r) for r in ckpt["episode_returns"]]
+    log(f"resuming {config.game} at frame {int(ckpt['frames'])} ({updates} updates); the "
+        f"replay buffer refills for {config.replay_start} frames")
+    return updates, history, returns
 
-    began = time.perf_counter()
-    obs, episode_return, episode_frames = game.reset(), 0.0, 0
-    recent: deque[float] = deque(returns[-100:], maxlen=100)
-    losses: list[float] = []
-    last_log, last_time = start, began
-    bar = tqdm(total=config.frames, initial=start, unit="frame", disable=not config.progress,
-               desc=config.game, mininterval=1.0)
-    try:
-        for frame in range(start, config.frames):
-            epsilon = epsilon_at(frame, config)
-            if rng.random() < epsilon:
-                action = int(rng.integers(game.num_actions))
-            else:
-                with torch.no_grad():
-                    x = torch.from_numpy(obs).to(device=device, dtype=torch.float32)
-                    action = int(online(x.unsqueeze(0)).argmax(1).item())
-            next_obs, reward, terminal = game.step(action)
-            buffer.add(obs, action, reward, next_obs, terminal)
-            episode_return += reward
-            episode_frames += 1
-            obs = next_obs
-            limit = config.max_episode_frames
-            if terminal or (limit is not None and episode_frames >= limit):
-                returns.append(episode_return)
-                recent.append(episode_return)
-                obs, episode_return, episode_frames = game.reset(), 0.0, 0
-            done = frame + 1
-            if len(buffer) >= max(1, config.replay_start) and done % config.train_every == 0:
-                loss = dqn_loss(online, target, buffer.sample(config.batch_size, device),
-                                gamma=config.gamma, huber_delta=config.huber_delta)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(online.parameters(), config.grad_clip)
-                optimizer.step()
-                updates += 1
-                update_target(target, online, updates, every=config.target_update,
-                              tau=config.tau)
-                losses.append(loss.item())
-            if done % config.log_every == 0 or done == config.frames:
-                now = time.perf_counter()
-                row = {"epoch": len(history), "frames": done, "updates": updates,
-                       "episodes": len(returns),
-                       "return_mean": float(np.mean(recent)) if recent else None,
-                       "epsilon": round(epsilon, 6),
-                       "train_loss": float(np.mean(losses)) if losses else None,
-                       "seconds": round(now - began, 2),
-                       "fps": round((done - last_log) / max(now - last_time, 1e-9), 1)}
-                history.append(row)
-                with metrics.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                losses.clear()
-                last_log, last_time = done, now
-                bar.set_postfix(ret=f"{row['return_mean'] or 0:.2f}", eps=f"{epsilon:.2f}",
-                                refresh=False)
-            if done % config.checkpoint_every == 0 and done != config.frames:
-                save(done)
-            if done % 1000 == 0 or done == config.frames:
-                bar.update(done - bar.n)
-    finally:
-        bar.close()
-    save(config.frames)
-    seconds = time.perf_counter() - began
+
+def _start_play(run: _Run) -> Any:
+    """Start the clock and the first episode; the progress bar."""
+    from tqdm.auto import tqdm
+
+    run.began = time.perf_counter()
+    run.obs, run.episode_return, run.episode_frames = run.game.reset(), 0.0, 0
+    run.recent.extend(run.returns[-100:])
+    run.last_log, run.last_time = run.start, run.began
+    return tqdm(total=run.config.frames, initial=run.start, unit="frame",
+                disable=not run.config.progress, desc=run.config.game, mininterval=1.0)
+
+
+def _frame(run: _Run, frame: int, bar: Any) -> None:
+    """Frame ``frame`` (0-based): act, store the transition, learn; then log, checkpoint and
+    advance the bar when due."""
+    config = run.config
+    epsilon = epsilon_at(frame, config)
+    _play(run, _act(run, epsilon))
+    done = frame + 1
+    if len(run.buffer) >= max(1, config.replay_start) and done % config.train_every == 0:
+        _learn(run)
+    if done % config.log_every == 0 or done == config.frames:
+        _log_row(run, done, epsilon, bar)
+    if done % config.checkpoint_every == 0 and done != config.frames:
+        _save(run, done)
+    if done % 1000 == 0 or done == config.frames:
+        bar.update(done - bar.n)
+
+
+def _act(run: _Run, epsilon: float) -> int:
+    """Epsilon-greedy action on the current observation."""
+    if run.rng.random() < epsilon:
+        return int(run.rng.integers(run.game.num_actions))
+    with torch.no_grad():
+        x = torch.from_numpy(run.obs).to(device=run.device, dtype=torch.float32)
+        return int(run.online(x.unsqueeze(0)).argmax(1).item())
+
+
+def _play(run: _Run, action: int) -> None:
+    """One game step: store the transition; an ended (or truncated) episode starts afresh."""
+    next_obs, reward, terminal = run.game.step(action)
+    run.buffer.add(run.obs, action, reward, next_obs, terminal)
+    run.episode_return += reward
+    run.episode_frames += 1
+    run.obs = next_obs
+    limit = run.config.max_episode_frames
+    if terminal or (limit is not None and run.episode_frames >= limit):
+        run.returns.append(run.episode_return)
+        run.recent.append(run.episode_return)
+        run.obs, run.episode_return, run.episode_frames = run.game.reset(), 0.0, 0
+
+
+def _learn(run: _Run) -> None:
+    """One parameter update on a replay minibatch, then the target network's update."""
+    config = run.config
+    loss = dqn_loss(run.online, run.target, run.buffer.sample(config.batch_size, run.device),
+                    gamma=config.gamma, huber_delta=config.huber_delta)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip is not None:
+        nn.utils.clip_grad_norm_(run.online.parameters(), config.grad_clip)
+    run.optimizer.step()
+    run.updates += 1
+    update_target(run.target, run.online, run.updates, every=config.target_update,
+                  tau=config.tau)
+    run.losses.append(loss.item())
+
+
+def _log_row(run: _Run, done: int, epsilon: float, bar: Any) -> None:
+    """Append the metrics row after ``done`` frames to the history and ``metrics.jsonl``."""
+    now = time.perf_counter()
+    recent, losses = run.recent, run.losses
+    row = {"epoch": len(run.history), "frames": done, "updates": run.updates,
+           "episodes": len(run.returns),
+           "return_mean": float(np.mean(recent)) if recent else None,
+           "epsilon": round(epsilon, 6),
+           "train_loss": float(np.mean(losses)) if losses else None,
+           "seconds": round(now - run.began, 2),
+           "fps": round((done - run.last_log) / max(now - run.last_time, 1e-9), 1)}
+    run.history.append(row)
+    with run.metrics.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    losses.clear()
+    run.last_log, run.last_time = done, now
+    bar.set_postfix(ret=f"{row['return_mean'] or 0:.2f}", eps=f"{epsilon:.2f}", refresh=False)
+
+
+def _save(run: _Run, frame: int) -> None:
+    """The checkpoint after ``frame`` frames (everything but the replay buffer)."""
+    from robustact.train.checkpoint import save_atomic
+
+    config = run.config
+    save_atomic({**agent_meta(config, run.game), "config": config.to_dict(),
+                 "config_hash": config.hash(), "model_state": run.online.state_dict(),
+                 "target_state": run.target.state_dict(),
+                 "optimizer_state": run.optimizer.state_dict(), "frames": frame,
+                 "updates": run.updates, "episodes": len(run.returns), "history": run.history,
+                 "episode_returns": run.returns}, run.path)
+
+
+def _finish(run: _Run, log: Callable[[str], None]) -> DQNResult:
+    """The final checkpoint, ``summary.json`` and the closing log line; the result."""
+    config, returns, updates = run.config, run.returns, run.updates
+    _save(run, config.frames)
+    seconds = time.perf_counter() - run.began
     summary = {"config_hash": config.hash(), "game": config.game, "frames": config.frames,
                "updates": updates, "episodes": len(returns),
                "return_mean_last100": float(np.mean(returns[-100:])) if returns else None,
                "seconds": round(seconds, 1)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (run.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     log(f"{config.game}: {config.frames} frames, {updates} updates, {len(returns)} episodes, "
         f"mean return of the last 100 training episodes {summary['return_mean_last100']}, "
-        f"{seconds:.0f} s; checkpoint {path}")
-    return DQNResult(path, config.frames, updates, len(returns), history, returns, seconds)
+        f"{seconds:.0f} s; checkpoint {run.path}")
+    return DQNResult(run.path, config.frames, updates, len(returns), history=run.history,
+                     episode_returns=returns, seconds=seconds)
 
 
 def _check_resumable(ckpt: dict[str, Any], config: DQNConfig, path: Path) -> None:

@@ -108,11 +108,6 @@ def relative_changes(rows: Sequence[AgentReturns], agent: str,
             else relative_change(mean[(agent, e)], mean[(DENSE, e)]) for e in eps_values]
 
 
-def format_change(change: float) -> str:
-    """``+12.3`` or ``n/a`` (undefined)."""
-    return "n/a" if math.isnan(change) else f"{change:+.1f}"
-
-
 def sap_agent_name(frac: float) -> str:
     """``1.0`` -> ``"sap-100"``."""
     return f"sap-{100 * frac:g}"
@@ -242,9 +237,6 @@ def evaluate_agents(model: nn.Module, checkpoint: dict[str, Any], eps_list: Sequ
 
     Returns one :class:`AgentReturns` per agent and lambda, dense first.
     """
-    from robustact.attacks.wrappers import EOT
-    from robustact.defenses import apply_sap
-
     eps_values = [float(e) for e in eps_list]
     for e in eps_values:
         _check_eps(e)
@@ -259,17 +251,8 @@ def evaluate_agents(model: nn.Module, checkpoint: dict[str, Any], eps_list: Sequ
     game_kwargs = {"sticky_action_prob": config.get("sticky_action_prob", 0.1),
                    "ramping": config.get("ramping", True),
                    "minimal_actions": config.get("minimal_actions", True)}
-    model = model.eval()
-    agents: list[tuple[str, nn.Module, nn.Module, dict[str, Any]]] = [(DENSE, model, model, {})]
-    if sap_frac is not None:
-        sap_model = apply_sap(copy.deepcopy(model), frac=sap_frac).eval()
-        n_grad = samples if mc_samples is None else mc_samples
-        wide = 1 << 14  # one forward for the whole replicated batch: small inputs
-        agents.append((sap_agent_name(sap_frac), EOT(sap_model, samples, max_batch=wide),
-                       EOT(sap_model, n_grad, max_batch=wide),
-                       {"sap_frac": sap_frac, "samples": samples, "mc_samples": n_grad}))
     rows = []
-    for label, policy, attacked, extra in agents:
+    for label, policy, attacked, extra in _agents(model.eval(), sap_frac, samples, mc_samples):
         for e in eps_values:
             def tick(frames: int, label: str = label) -> None:
                 if progress is not None:
@@ -284,26 +267,19 @@ def evaluate_agents(model: nn.Module, checkpoint: dict[str, Any], eps_list: Sequ
     return rows
 
 
-def returns_table(rows: Sequence[AgentReturns], title: str | None = None) -> str:
-    """A markdown table: per lambda the dense and SAP mean returns (+- standard error) and the
-    relative change in percent (seed 004, Table 1)."""
-    agents = list(dict.fromkeys(r.agent for r in rows))
-    eps_values = sorted({r.eps for r in rows})
-    by = {(r.agent, r.eps): r for r in rows}
-    others = [a for a in agents if a != DENSE]
-    changes = {a: relative_changes(rows, a, eps_values) for a in others}
-    head = ["lambda", "lambda x 255", *(f"{a} return" for a in agents),
-            *(f"{a} vs dense (%)" for a in others)]
-    lines = ([f"### {title}", ""] if title else []) + [
-        "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for i, e in enumerate(eps_values):
-        cells = [f"{e:.4g}", f"{255 * e:.3g}"]
-        for a in agents:
-            r = by.get((a, e))
-            cells.append("-" if r is None else f"{r.mean:.2f} ± {r.stderr:.2f}")
-        cells += [format_change(changes[a][i]) for a in others]
-        lines.append("| " + " | ".join(cells) + " |")
-    n = next((len(r.returns) for r in rows), 0)
-    lines += ["", f"Mean return over {n} episodes ± standard error; relative change "
-              "100 (R_SAP - R_dense) / |R_dense| at the same lambda (n/a: dense return 0)."]
-    return "\n".join(lines)
+def _agents(model: nn.Module, sap_frac: float | None, samples: int,
+            mc_samples: int | None) -> list[tuple[str, nn.Module, nn.Module, dict[str, Any]]]:
+    """(label, policy, model the attack follows, extra params) of the dense agent and, unless
+    ``sap_frac`` is None, of the agent with SAP on a copy of ``model``."""
+    from robustact.attacks.wrappers import EOT
+    from robustact.defenses import apply_sap
+
+    agents: list[tuple[str, nn.Module, nn.Module, dict[str, Any]]] = [(DENSE, model, model, {})]
+    if sap_frac is not None:
+        sap_model = apply_sap(copy.deepcopy(model), frac=sap_frac).eval()
+        n_grad = samples if mc_samples is None else mc_samples
+        wide = 1 << 14  # one forward for the whole replicated batch: small inputs
+        agents.append((sap_agent_name(sap_frac), EOT(sap_model, samples, max_batch=wide),
+                       EOT(sap_model, n_grad, max_batch=wide),
+                       {"sap_frac": sap_frac, "samples": samples, "mc_samples": n_grad}))
+    return agents

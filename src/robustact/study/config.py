@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from robustact.errors import ConfigError
-from robustact.options import load_config_file
+from robustact.eval.config import DEFAULT_SUITE, EvalConfig
+from robustact.options import load_config_file, short_hash
 from robustact.train.config import TrainConfig
 
 
@@ -51,12 +52,7 @@ class _HasId(Protocol):
 
 _C = TypeVar("_C", bound=_HasId)
 
-EVALUATE_KEYS = {"eps", "n", "suite", "attacks", "independent", "samples", "diagnose",
-                 "probe_size",
-                 "split", "norm", "calibration", "landscape"}
-CELL_KEYS = {"posthoc", "evaluate"}
-#: the evaluation every study gets unless its file says ``suite: none`` (or names another)
-DEFAULT_SUITE = "adaptive"  # cell options that are not training options
+CELL_KEYS = {"posthoc", "evaluate"}  # cell options that are not training options
 
 
 @dataclass
@@ -70,7 +66,7 @@ class Cell:
     train_dir: Path | None = None
     needs: list[str] = field(default_factory=list)
     posthoc: dict[str, Any] | None = None
-    evaluate: dict[str, Any] = field(default_factory=dict)
+    evaluate: EvalConfig | None = None
 
     def __post_init__(self) -> None:
         if self.train_dir is None:
@@ -78,8 +74,29 @@ class Cell:
 
     @property
     def out(self) -> Path:
-        """The cell's own directory (evaluation files, status)."""
+        """The cell's own directory (evaluation exports, error log)."""
         return Path(self.train.out)
+
+    def evaluate_hash(self) -> str | None:
+        """The identity of the cell's evaluation: its settings, the trained weights and the
+        post-hoc defense; None when the cell is not evaluated."""
+        if self.evaluate is None:
+            return None
+        return short_hash({"train": self.train.hash(), "evaluate": self.evaluate.to_dict(),
+                           "posthoc": self.posthoc})
+
+    def legacy_evaluate_hash(self) -> str | None:
+        """The identity the study runner gave the same evaluation before robustact 0.2, so
+        that study folders made then still list their finished cells as done."""
+        if self.evaluate is None:
+            return None
+        given = dict(self.evaluate.given)
+        suite = given.get("suite", DEFAULT_SUITE)
+        given["suite"] = suite if str(suite).lower() == "none" else self.evaluate.suite
+        payload: dict[str, Any] = {"train": self.train.hash(), "evaluate": given}
+        if self.posthoc:
+            payload["posthoc"] = self.posthoc
+        return short_hash(payload)
 
 
 @dataclass
@@ -87,7 +104,7 @@ class StudyConfig:
     name: str
     out: Path
     cells: list[Cell]
-    evaluate: dict[str, Any] = field(default_factory=dict)
+    evaluate: EvalConfig | None = None
 
     def cell(self, cell_id: str) -> Cell:
         return find_cell(self.name, self.cells, cell_id)
@@ -198,9 +215,8 @@ def load_study(path: str | Path, out: str | Path | None = None) -> StudyConfig:
         if posthoc is not None and (not isinstance(posthoc, dict) or "defense" not in posthoc):
             raise ConfigError(f"{path}, cell {cell_id}: posthoc must be a mapping with a "
                               "defense, e.g. {defense: sap, frac: 1.0}")
-        cell_eval = merge(evaluate, extra.get("evaluate") or {})
-        if evaluate or extra.get("evaluate"):
-            cell_eval = _check_evaluate(f"{path}, cell {cell_id}", cell_eval)
+        cell_eval = _check_evaluate(f"{path}, cell {cell_id}",
+                                    merge(layout.evaluate, extra.get("evaluate") or {}))
         owner = owners.get(config.hash())
         cell = Cell(cell_id, config, needs=needs, posthoc=posthoc, evaluate=cell_eval)
         if owner is not None:
@@ -212,24 +228,6 @@ def load_study(path: str | Path, out: str | Path | None = None) -> StudyConfig:
     return StudyConfig(name, root, cells, evaluate)
 
 
-def _check_evaluate(where: str | Path, evaluate: dict[str, Any]) -> dict[str, Any]:
-    bad = sorted(set(evaluate) - EVALUATE_KEYS)
-    if bad:
-        raise ConfigError(f"{where}: unknown evaluate key(s) {', '.join(bad)}; valid: "
-                          f"{', '.join(sorted(EVALUATE_KEYS))}")
-    if not evaluate:
-        return evaluate
-    evaluate = {"suite": DEFAULT_SUITE, **evaluate}
-    if str(evaluate["suite"]).lower() == "none":
-        if not evaluate.get("attacks"):
-            raise ConfigError(f"{where}: evaluate with suite: none needs a list of attacks")
-    else:
-        from robustact.eval.suites import canonical_suite
-
-        try:
-            evaluate["suite"] = canonical_suite(evaluate["suite"])
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-    if not evaluate.get("eps"):
-        raise ConfigError(f"{where}: evaluate needs eps, e.g. eps: [0.1]")
-    return evaluate
+def _check_evaluate(where: str | Path, evaluate: dict[str, Any]) -> EvalConfig | None:
+    """The typed evaluation settings of an ``evaluate:`` block, or None without one."""
+    return EvalConfig.from_dict(evaluate, str(where)) if evaluate else None

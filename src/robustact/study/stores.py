@@ -17,10 +17,10 @@ def open_study_store(source: str, load: Any = None,
     path = Path(source)
     if path.suffix in (".yaml", ".yml"):
         if load is None:
-            from robustact.rl.study import is_rl_study_file
+            from robustact.study.rl_config import is_rl_study_file
 
             if is_rl_study_file(path):
-                from robustact.rl.study import load_rl_study as load
+                from robustact.study.rl_config import load_rl_study as load
             else:
                 from robustact.study import load_study as load
         study = load(path)

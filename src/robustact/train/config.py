@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from robustact.errors import ConfigError
-from robustact.options import from_options, load_config_file, short_hash
+from robustact.options import OptionsMixin, from_options, load_config_file, short_hash
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "onecycle", "cyclic")
@@ -114,8 +113,12 @@ class AdversarialTraining:
 
 
 @dataclass
-class TrainConfig:
-    """Everything that defines a training run. Units: lr per step, epochs, pixels in [0, 1]."""
+class TrainConfig(OptionsMixin):
+    """Everything that defines a training run. Units: lr per step, epochs, pixels in [0, 1].
+    :meth:`hash` covers what determines the trained weights (not where they are written)."""
+
+    OPTIONS_WHAT = "training"
+    UNHASHED = frozenset({"out", "progress", "device", "metrics_file", "data_dir"})
 
     # what to train
     model: str = "small_cnn"
@@ -184,18 +187,6 @@ class TrainConfig:
             raise ConfigError(f"metrics_file must end in .jsonl or .csv, got {self.metrics_file}")
         if self.sparsity is not None and self.activation != "kwta":
             raise ConfigError("a sparsity schedule needs activation 'kwta'")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return from_options(cls, data, "training")
-
-    def hash(self) -> str:
-        """A short hash of what determines the trained weights (not where they are written)."""
-        skip = {"out", "progress", "device", "metrics_file", "data_dir"}
-        return short_hash({k: v for k, v in self.to_dict().items() if k not in skip})
 
 
 __all__ = ["ADV_METHODS", "OPTIMIZERS", "SCHEDULES", "AdversarialTraining", "SparsitySchedule",

@@ -1,4 +1,4 @@
-"""The one training loop. Everything that varies between experiments is in :class:`TrainConfig`."""
+"""Run the one training loop: set-up, resume, epochs, guard, checkpoints; options in TrainConfig."""
 
 from __future__ import annotations
 
@@ -90,17 +90,89 @@ def train(config: TrainConfig, *, resume: bool = False, log: Any = print) -> Tra
         ctx.close()
 
 
+@dataclass
+class _Run:
+    """One training run's pieces, built by :func:`_set_up` and carried through its epochs."""
+
+    config: TrainConfig
+    ctx: DistContext
+    device: torch.device
+    dtype: torch.dtype | None
+    log: Any
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    train_loader: Any
+    test_loader: Any
+    guard: _Guard | None
+    attack: Any
+    trained: nn.Module | None = None  # the model, or its DistributedDataParallel wrapper
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    resumed_from: int | None = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / CHECKPOINT_NAME
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / self.config.metrics_file
+
+
 def _train(config: TrainConfig, resume: bool, log: Any, ctx: DistContext,
            device: torch.device) -> TrainResult:
-    from robustact.data import BatchLoader, load_dataset
+    """Set up and resume; then each epoch: train, guard check, checkpoint, log line. DDP wraps
+    the model after resuming, so that it broadcasts the resumed weights."""
+    run = _set_up(config, log, ctx, device)
+    _resume(run, resume)
+    _start_files(run)
+    run.trained = _data_parallel(run.model, ctx, device)
+    for epoch in range(run.start_epoch, config.epochs):
+        row = _run_epoch(run, epoch)
+        stop = _guard_epoch(run, row, epoch)
+        run.history.append(row)
+        _save_epoch(run, row, epoch, stop)
+        log(_format_row(row, config.epochs))
+        if stop:
+            break
+    return _finish(run)
 
+
+# --- set-up ----------------------------------------------------------------------------------
+
+
+def _set_up(config: TrainConfig, log: Any, ctx: DistContext, device: torch.device) -> _Run:
+    """Seed, data, model, optimizer, AMP scaler, guard and attack, in this (RNG) order."""
+    dtype = autocast_dtype(config, device)
+    torch.manual_seed(config.seed)
+    train_set, test_set, guard_set = _datasets(config)
+    train_loader, test_loader = _loaders(config, ctx, device, train_set, test_set)
+    model = build_trainable(config, device, lambda: next(iter(test_loader))[0][:2])
+    optimizer = make_optimizer(config, model)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is not None)
+    guard = _make_guard(config, guard_set, device)
+    attack = config.adversarial.attack() if config.adversarial is not None else None
+    return _Run(config, ctx, device, dtype, log, model, optimizer, scaler, train_loader,
+                test_loader, guard, attack)
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None without mixed precision (``config.amp`` None: CUDA only)."""
     use_amp = config.amp if config.amp is not None else device.type == "cuda"
     dtype = amp_dtype(device) if use_amp else None
     if use_amp and dtype is None:
         raise ConfigError(f"mixed precision (amp) is supported on CUDA only, not on {device.type}")
-    out = Path(config.out)
-    ckpt_path = out / CHECKPOINT_NAME
-    torch.manual_seed(config.seed)
+    return dtype
+
+
+def _datasets(config: TrainConfig) -> tuple[Any, Any, Any]:
+    """The training, test and guard (held-out training images, or None) sets."""
+    from robustact.data import load_dataset
 
     train_set = load_dataset(config.dataset, "train", data_dir=config.data_dir)
     test_set = load_dataset(config.dataset, "test", data_dir=config.data_dir)
@@ -109,17 +181,24 @@ def _train(config: TrainConfig, resume: bool, log: Any, ctx: DistContext,
     if config.test_subset:
         test_set = test_set.subset(config.test_subset)
     adv = config.adversarial
-    guard_set = None
-    if adv is not None and adv.guard:
-        if len(train_set) <= 2 * adv.guard_size:
-            raise ConfigError(
-                f"the overfitting guard holds out {adv.guard_size} training images but the "
-                f"training set has only {len(train_set)}; lower adversarial.guard_size "
-                "or set adversarial.guard: false"
-            )
-        keep = len(train_set) - adv.guard_size  # the last guard_size images are held out
-        guard_set = train_set.subset(torch.arange(keep, len(train_set)))
-        train_set = train_set.subset(keep)
+    if adv is None or not adv.guard:
+        return train_set, test_set, None
+    if len(train_set) <= 2 * adv.guard_size:
+        raise ConfigError(
+            f"the overfitting guard holds out {adv.guard_size} training images but the "
+            f"training set has only {len(train_set)}; lower adversarial.guard_size "
+            "or set adversarial.guard: false"
+        )
+    keep = len(train_set) - adv.guard_size  # the last guard_size images are held out
+    guard_set = train_set.subset(torch.arange(keep, len(train_set)))
+    return train_set.subset(keep), test_set, guard_set
+
+
+def _loaders(config: TrainConfig, ctx: DistContext, device: torch.device, train_set: Any,
+             test_set: Any) -> tuple[Any, Any]:
+    """The shuffled, augmented training loader (this process's shard) and the test loader."""
+    from robustact.data import BatchLoader
+
     if config.batch_size % ctx.world_size:
         raise ConfigError(f"batch_size {config.batch_size} does not split evenly over "
                           f"{ctx.world_size} processes; use a multiple of {ctx.world_size}")
@@ -129,170 +208,220 @@ def _train(config: TrainConfig, resume: bool, log: Any, ctx: DistContext,
                                world_size=ctx.world_size)
     test_loader = BatchLoader(test_set, batch_size=max(256, config.batch_size), device=device,
                               resize=config.resize)
+    return train_loader, test_loader
 
-    model = build_trainable(config, device, lambda: next(iter(test_loader))[0][:2])
-    optimizer = make_optimizer(config, model)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype is not None)
 
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    resumed_from = None
-    guard = None
-    if guard_set is not None:  # the held-out images as one batch, as the test loader sees them
-        x_guard, y_guard = next(iter(BatchLoader(guard_set, batch_size=len(guard_set),
-                                                 device=device, resize=config.resize)))
-        guard = _Guard(adv, x_guard, y_guard)
-    train_attack = adv.attack() if adv is not None else None
-    if ckpt_path.exists():
-        if not resume:
-            raise ConfigError(
-                f"{out} already holds a checkpoint; pass --resume to continue it "
-                "or use another --out"
-            )
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-        if ckpt.get("config_hash") != config.hash():
-            raise ConfigError(
-                f"the checkpoint in {out} was trained with a different configuration; "
-                "resume with the same options or use another --out"
-            )
-        model.load_state_dict(ckpt["model_state"])
-        optimizer.load_state_dict(ckpt["optimizer_state"])
-        scaler.load_state_dict(ckpt["scaler_state"])
-        _set_rng_state(ckpt["rng"])
-        history = list(ckpt["history"])
-        start_epoch = resumed_from = ckpt["epoch"] + 1
-        if guard is not None and ckpt.get("guard"):
-            guard.load_state_dict(ckpt["guard"])
-        if ckpt.get("stopped_early"):
-            start_epoch = config.epochs
-            log(f"{out} stopped early after epoch {ckpt['epoch'] + 1} (overfitting guard); "
+def _make_guard(config: TrainConfig, guard_set: Any, device: torch.device) -> _Guard | None:
+    """The overfitting guard on the held-out images as one batch, as the test loader sees them."""
+    from robustact.data import BatchLoader
+
+    if guard_set is None:
+        return None
+    x_guard, y_guard = next(iter(BatchLoader(guard_set, batch_size=len(guard_set),
+                                             device=device, resize=config.resize)))
+    return _Guard(config.adversarial, x_guard, y_guard)
+
+
+def _data_parallel(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel under torchrun, else ``model`` itself."""
+    if not ctx.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+# --- resume and files ------------------------------------------------------------------------
+
+
+def _resume(run: _Run, resume: bool) -> None:
+    """Load ``run``'s checkpoint, if there is one, into its model, optimizer, scaler, RNG and
+    guard; refuse one without ``resume`` or from another configuration."""
+    config, out = run.config, run.out
+    if not run.ckpt_path.exists():
+        return
+    if not resume:
+        raise ConfigError(
+            f"{out} already holds a checkpoint; pass --resume to continue it "
+            "or use another --out"
+        )
+    ckpt = load_checkpoint(run.ckpt_path, map_location=run.device)
+    if ckpt.get("config_hash") != config.hash():
+        raise ConfigError(
+            f"the checkpoint in {out} was trained with a different configuration; "
+            "resume with the same options or use another --out"
+        )
+    run.model.load_state_dict(ckpt["model_state"])
+    run.optimizer.load_state_dict(ckpt["optimizer_state"])
+    run.scaler.load_state_dict(ckpt["scaler_state"])
+    _set_rng_state(ckpt["rng"])
+    run.history = list(ckpt["history"])
+    run.start_epoch = run.resumed_from = ckpt["epoch"] + 1
+    if run.guard is not None and ckpt.get("guard"):
+        run.guard.load_state_dict(ckpt["guard"])
+    if ckpt.get("stopped_early"):
+        run.start_epoch = config.epochs
+        run.log(f"{out} stopped early after epoch {ckpt['epoch'] + 1} (overfitting guard); "
                 "nothing to resume")
-        else:
-            log(f"resuming {out} after epoch {ckpt['epoch'] + 1}/{config.epochs}")
+    else:
+        run.log(f"resuming {out} after epoch {ckpt['epoch'] + 1}/{config.epochs}")
 
-    metrics_path = out / config.metrics_file
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        write_metrics(metrics_path, history)
-    trained = model
-    if ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel
 
-        trained = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+def _start_files(run: _Run) -> None:
+    """Rank 0: the output folder, its ``config.yaml`` and the metrics of the epochs so far."""
+    if run.ctx.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        (run.out / "config.yaml").write_text(yaml.safe_dump(run.config.to_dict(),
+                                                            sort_keys=False))
+        write_metrics(run.metrics_path, run.history)
 
-    for epoch in range(start_epoch, config.epochs):
-        row = _run_epoch(config, trained, optimizer, scaler, train_loader, test_loader,
-                         epoch, device, dtype, train_attack, ctx)
-        stop = False
-        if guard is not None:
-            row["guard_pgd_acc"], message = guard.check(model, epoch)
-            stop = message is not None
-            if stop:
-                log(message)
-                row["kept_epoch"] = guard.best_epoch
-                row["kept_test_acc"] = round(
-                    evaluate_accuracy(model, test_loader, amp=dtype is not None)["accuracy"], 6)
-        history.append(row)
-        state = {
-            "format": FORMAT_VERSION,
-            "config": config.to_dict(),
-            "config_hash": config.hash(),
-            "epoch": epoch,
-            "model_state": model.state_dict(),
-            "optimizer_state": optimizer.state_dict(),
-            "scaler_state": scaler.state_dict(),
-            "rng": _get_rng_state(),
-            "history": history,
-            "versions": {"torch": str(torch.__version__), "robustact": _version()},
-        }
-        if guard is not None:
-            state["guard"] = guard.state_dict()
-        if stop:
-            state["stopped_early"] = epoch + 1
-        if ctx.is_main:
-            save_atomic(state, ckpt_path)
-            append_metrics(metrics_path, row, first=(epoch == 0))
-        ctx.barrier()  # no process runs ahead of the checkpoint
-        log(_format_row(row, config.epochs))
-        if stop:
-            break
 
-    result = TrainResult(out, ckpt_path, history, model.eval(), resumed_from)
-    if ctx.is_main:
-        (out / "summary.json").write_text(json.dumps(
-            {"config_hash": config.hash(), "epochs": config.epochs, "final": history[-1],
-             "world_size": ctx.world_size}, indent=2
+def _save_epoch(run: _Run, row: dict[str, Any], epoch: int, stop: bool) -> None:
+    """Rank 0: the checkpoint after ``epoch`` and its metrics row; then every process waits."""
+    if run.ctx.is_main:
+        save_atomic(_checkpoint_state(run, epoch, stop), run.ckpt_path)
+        append_metrics(run.metrics_path, row, first=(epoch == 0))
+    run.ctx.barrier()  # no process runs ahead of the checkpoint
+
+
+def _checkpoint_state(run: _Run, epoch: int, stop: bool) -> dict[str, Any]:
+    """What ``checkpoint.pt`` holds after ``epoch``: enough to resume bit-identically."""
+    config = run.config
+    state = {
+        "format": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "config_hash": config.hash(),
+        "epoch": epoch,
+        "model_state": run.model.state_dict(),
+        "optimizer_state": run.optimizer.state_dict(),
+        "scaler_state": run.scaler.state_dict(),
+        "rng": _get_rng_state(),
+        "history": run.history,
+        "versions": {"torch": str(torch.__version__), "robustact": _version()},
+    }
+    if run.guard is not None:
+        state["guard"] = run.guard.state_dict()
+    if stop:
+        state["stopped_early"] = epoch + 1
+    return state
+
+
+def _finish(run: _Run) -> TrainResult:
+    """The result (the model in eval mode); rank 0 writes ``summary.json``."""
+    result = TrainResult(run.out, run.ckpt_path, run.history, run.model.eval(), run.resumed_from)
+    if run.ctx.is_main:
+        (run.out / "summary.json").write_text(json.dumps(
+            {"config_hash": run.config.hash(), "epochs": run.config.epochs,
+             "final": run.history[-1], "world_size": run.ctx.world_size}, indent=2
         ))
     return result
 
 
-def _run_epoch(
-    config: TrainConfig,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    train_loader: Any,
-    test_loader: Any,
-    epoch: int,
-    device: torch.device,
-    dtype: torch.dtype | None,
-    attack: Any = None,
-    ctx: DistContext | None = None,
-) -> dict[str, Any]:
-    ctx = ctx or DistContext()
-    net = getattr(model, "module", model)  # the model itself, outside DistributedDataParallel
+# --- one epoch -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Tally:
+    """An epoch's running training loss sum, correct count, images seen and last learning
+    rate; the sums stay on the device (no host sync per step)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    lr: float
+    seen: int = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss_sum += loss.detach().float() * y.shape[0]
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.seen += y.shape[0]
+
+
+def _run_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """Train ``epoch`` (0-based) on every batch, then test: the epoch's metrics row."""
+    config, device, trained = run.config, run.device, run.trained
+    assert trained is not None
     if config.sparsity is not None:
-        set_kwta_ratio(model, config.sparsity.ratio(epoch))
-    model.train()
-    train_loader.set_epoch(epoch)
-    steps = len(train_loader)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
-    bar = _progress(train_loader, config, epoch)
+        set_kwta_ratio(trained, config.sparsity.ratio(epoch))
+    trained.train()
+    run.train_loader.set_epoch(epoch)
+    tally = _Tally(torch.zeros((), device=device),
+                   torch.zeros((), device=device, dtype=torch.int64), config.lr)
+    bar = _progress(run.train_loader, config, epoch)
     start = time.perf_counter()
-    lr = config.lr
-    for i, (x, y) in enumerate(bar):
-        lr = lr_at(config, epoch + i / steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            if attack is not None:
-                x = _adversarial_batch(attack, net, x, y, config.adversarial.fraction)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-        # on CPU the check is free; on GPUs it would be a host sync every step
-        if device.type == "cpu" and not torch.isfinite(loss):
-            raise ConfigError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
-                              "lower --lr or set --grad-clip")
-        optimizer_step(config, model, optimizer, scaler, loss)
-        loss_sum += loss.detach().float() * y.shape[0]
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += y.shape[0]
-        if hasattr(bar, "set_postfix") and (i % 25 == 0 or i == steps - 1):
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", lr=f"{lr:.3g}")
+    _train_steps(run, bar, epoch, tally)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    ctx.sync_state(net)  # identical weights and BatchNorm statistics everywhere
-    stats = ctx.sum(torch.stack([loss_sum.double(), correct.double(),
-                                 torch.tensor(float(seen), device=device, dtype=torch.float64)]))
+    run.ctx.sync_state(run.model)  # identical weights and BatchNorm statistics everywhere
+    return _epoch_row(run, tally, epoch, seconds)
+
+
+def _train_steps(run: _Run, bar: Any, epoch: int, tally: _Tally) -> None:
+    """One optimizer step per batch of ``bar``, the learning rate set from the schedule."""
+    config = run.config
+    steps = len(run.train_loader)
+    for i, (x, y) in enumerate(bar):
+        tally.lr = lr_at(config, epoch + i / steps)
+        for group in run.optimizer.param_groups:
+            group["lr"] = tally.lr
+        logits, loss = _forward(run, x, y)
+        # on CPU the check is free; on GPUs it would be a host sync every step
+        if run.device.type == "cpu" and not torch.isfinite(loss):
+            raise ConfigError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; "
+                              "lower --lr or set --grad-clip")
+        optimizer_step(config, run.trained, run.optimizer, run.scaler, loss)
+        tally.add(loss, logits, y)
+        if hasattr(bar, "set_postfix") and (i % 25 == 0 or i == steps - 1):
+            bar.set_postfix(loss=f"{tally.loss_sum.item() / tally.seen:.3f}",
+                            lr=f"{tally.lr:.3g}")
+
+
+def _forward(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and cross-entropy loss of the batch (adversarial share first), under autocast."""
+    with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype is not None):
+        if run.attack is not None:
+            x = _adversarial_batch(run.attack, run.model, x, y, run.config.adversarial.fraction)
+        logits = run.trained(x)
+        return logits, F.cross_entropy(logits, y)
+
+
+def _epoch_row(run: _Run, tally: _Tally, epoch: int, seconds: float) -> dict[str, Any]:
+    """The metrics row of ``epoch``: training totals over all processes, test accuracy."""
+    device = run.device
+    stats = run.ctx.sum(torch.stack([tally.loss_sum.double(), tally.correct.double(),
+                                     torch.tensor(float(tally.seen), device=device,
+                                                  dtype=torch.float64)]))
     loss_sum, correct, seen = stats[0], stats[1], int(stats[2].item())
-    test = evaluate_accuracy(net, test_loader, amp=dtype is not None)
-    ratios = kwta_ratios(net)
+    test = evaluate_accuracy(run.model, run.test_loader, amp=run.dtype is not None)
+    ratios = kwta_ratios(run.model)
     return {
         "epoch": epoch + 1,
         "train_loss": round(loss_sum.item() / max(seen, 1), 6),
         "train_acc": round(correct.item() / max(seen, 1), 6),
         "test_loss": round(test["loss"], 6),
         "test_acc": round(test["accuracy"], 6),
-        "lr": lr,
+        "lr": tally.lr,
         "ratio": ratios[0] if ratios else None,
         "images_per_s": round(seen / seconds, 1),  # all processes together
         "seconds": round(seconds, 3),
     }
+
+
+def _guard_epoch(run: _Run, row: dict[str, Any], epoch: int) -> bool:
+    """Guard check after ``epoch``, recorded in ``row``; True when training must stop (the best
+    epoch's weights are then back in the model and ``row`` says which and how they test)."""
+    guard = run.guard
+    if guard is None:
+        return False
+    row["guard_pgd_acc"], message = guard.check(run.model, epoch)
+    if message is None:
+        return False
+    run.log(message)
+    row["kept_epoch"] = guard.best_epoch
+    row["kept_test_acc"] = round(
+        evaluate_accuracy(run.model, run.test_loader, amp=run.dtype is not None)["accuracy"], 6)
+    return True
 
 
 def optimizer_step(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -1,5 +1,7 @@
-"""Learning-rate range test (Smith 2017, "Cyclical learning rates"), as the KAF thesis used to
-pick each activation's one-cycle bounds.
+"""The learning-rate range test: the training loss while the lr grows, saved as lr_find.json.
+
+Smith 2017, "Cyclical learning rates", as the KAF thesis used it to pick each activation's
+one-cycle bounds.
 
 The network trains for ``steps`` batches with the configuration's optimizer, data and
 adversarial training while the learning rate grows exponentially from ``start`` to ``end``;
@@ -10,7 +12,8 @@ Reading the curve: where the loss starts to fall is a one-cycle schedule's lowes
 falls fastest (``lr_steepest``) and where it bottoms out (``lr_min_loss``) bracket the peak.
 The thesis picked its maximum near the plateau/minimum (e.g. 0.08 for the ReLU VGG); the
 common rule of thumb takes ``lr_min_loss / 10``. Both are reported, neither is applied: the
-test trains a freshly built network that is then thrown away; only the curve is saved.
+test trains a freshly built network that is then thrown away; only the curve is saved
+(``lr_find.json``; :func:`robustact.report.figures.write_lr_find_figure` draws it).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from robustact.device import amp_dtype, select_device
 from robustact.errors import ConfigError
@@ -76,36 +80,10 @@ def lr_range_test(config: TrainConfig, *, start: float = 1e-5, end: float = 1.0,
                   steps: int = 100, beta: float = 0.9, diverge: float = 4.0) -> RangeTest:
     """Run the range test for ``config`` (its model, data, optimizer, adversarial training,
     gradient clipping and AMP; its schedule and epochs are ignored). Returns the curve."""
-    from robustact.data import BatchLoader, load_dataset
-    from robustact.train.loop import (
-        _adversarial_batch,
-        build_trainable,
-        make_optimizer,
-        optimizer_step,
-    )
+    from robustact.train.loop import _adversarial_batch, optimizer_step
 
-    if not (0 < start < end and math.isfinite(end)):
-        raise ConfigError(f"the range test needs 0 < start < end, got start {start}, end {end}")
-    if steps < 2:
-        raise ConfigError(f"the range test needs steps >= 2, got {steps}")
-    if not 0 <= beta < 1:
-        raise ConfigError(f"smoothing beta must be in [0, 1), got {beta}")
-    if diverge <= 1:
-        raise ConfigError(f"diverge must be > 1 (a factor over the best loss), got {diverge}")
-    device = select_device(config.device)
-    use_amp = config.amp if config.amp is not None else device.type == "cuda"
-    dtype = amp_dtype(device) if use_amp else None
-    if use_amp and dtype is None:
-        raise ConfigError(f"mixed precision (amp) is supported on CUDA only, not on {device.type}")
-    torch.manual_seed(config.seed)
-    train_set = load_dataset(config.dataset, "train", data_dir=config.data_dir)
-    if config.train_subset:
-        train_set = train_set.subset(config.train_subset)
-    loader = BatchLoader(train_set, batch_size=config.batch_size, shuffle=True,
-                         augment=config.augment, seed=config.seed, device=device,
-                         resize=config.resize)
-    model = build_trainable(config, device, lambda: next(iter(loader))[0][:2])
-    optimizer = make_optimizer(config, model)
+    _check_range(start, end, steps, beta, diverge)
+    device, dtype, loader, model, optimizer = _setup(config)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is not None)
     attack = config.adversarial.attack() if config.adversarial is not None else None
     model.train()
@@ -146,28 +124,45 @@ def lr_range_test(config: TrainConfig, *, start: float = 1e-5, end: float = 1.0,
     return result
 
 
-def write_range_test(result: RangeTest, config: TrainConfig, out: str | Path) -> Path:
-    """``lr_find.json`` (the curve, its readings, the configuration) and ``lr_find.svg`` in
-    ``out``; returns the JSON path."""
-    from robustact.report.svg import Panel, Series, color, panels_svg, svg_file_text
+def _check_range(start: float, end: float, steps: int, beta: float, diverge: float) -> None:
+    if not (0 < start < end and math.isfinite(end)):
+        raise ConfigError(f"the range test needs 0 < start < end, got start {start}, end {end}")
+    if steps < 2:
+        raise ConfigError(f"the range test needs steps >= 2, got {steps}")
+    if not 0 <= beta < 1:
+        raise ConfigError(f"smoothing beta must be in [0, 1), got {beta}")
+    if diverge <= 1:
+        raise ConfigError(f"diverge must be > 1 (a factor over the best loss), got {diverge}")
 
+
+def _setup(config: TrainConfig) -> tuple[torch.device, torch.dtype | None, Any, nn.Module,
+                                         torch.optim.Optimizer]:
+    """The device, AMP dtype, training batches, fresh network and optimizer of ``config``."""
+    from robustact.data import BatchLoader, load_dataset
+    from robustact.train.loop import build_trainable, make_optimizer
+
+    device = select_device(config.device)
+    use_amp = config.amp if config.amp is not None else device.type == "cuda"
+    dtype = amp_dtype(device) if use_amp else None
+    if use_amp and dtype is None:
+        raise ConfigError(f"mixed precision (amp) is supported on CUDA only, not on {device.type}")
+    torch.manual_seed(config.seed)
+    train_set = load_dataset(config.dataset, "train", data_dir=config.data_dir)
+    if config.train_subset:
+        train_set = train_set.subset(config.train_subset)
+    loader = BatchLoader(train_set, batch_size=config.batch_size, shuffle=True,
+                         augment=config.augment, seed=config.seed, device=device,
+                         resize=config.resize)
+    model = build_trainable(config, device, lambda: next(iter(loader))[0][:2])
+    return device, dtype, loader, model, make_optimizer(config, model)
+
+
+def write_range_test(result: RangeTest, config: TrainConfig, out: str | Path) -> Path:
+    """``lr_find.json`` in ``out`` (the curve, its readings, the configuration); returns its
+    path. The figure is :func:`robustact.report.figures.write_lr_find_figure`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "lr_find.json"
-    write_json(path, {**result.to_dict(), "config": config.to_dict()})
-    logs = [math.log10(v) for v in result.lrs]
-    # up to 1.5x the starting loss: the divergence at the end would squash the curve
-    top = 1.5 * result.smoothed[0]
-
-    def shown(values: list[float]) -> list[float | None]:
-        return [v if math.isfinite(v) and v <= top else None for v in values]
-
-    panel = Panel(f"range test: {config.model}, {config.activation}", "log10 lr", "loss", [
-        Series("loss", logs, shown(result.losses), color(1)),
-        Series("smoothed", logs, shown(result.smoothed), color(0)),
-    ])
-    (out / "lr_find.svg").write_text(svg_file_text(panels_svg([panel], columns=1)))
-    return path
+    return write_json(out / "lr_find.json", {**result.to_dict(), "config": config.to_dict()})
 
 
 def _forever(loader: Any) -> Any:

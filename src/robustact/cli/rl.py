@@ -1,16 +1,20 @@
-"""``robustact rl train|eval|run|table``: the command line of :mod:`robustact.rl` (a thin face:
-it parses, calls the library, prints). Registered in :mod:`robustact.cli` by
-:func:`add_rl_parser` and :func:`cmd_rl`; only argparse is imported until a command runs."""
+"""``robustact rl train|eval|run|table``: the command line of :mod:`robustact.rl`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import sys
 from typing import Any
 
-from robustact.errors import ConfigError
+from robustact.cli.common import (
+    RL_TRAIN_FLAGS,
+    add_command,
+    add_study_arguments,
+    config_options,
+    eps_values,
+    report_failed,
+)
 
 RL_EXAMPLE = """\
 examples:
@@ -24,21 +28,24 @@ examples:
   robustact rl table configs/rl/minatar.yaml
 """
 
-# flag -> DQNConfig option, for `rl train` (None values are not passed)
-_TRAIN_FLAGS = ("game", "network", "frames", "batch_size", "optimizer", "lr", "gamma",
-                "replay_size", "replay_start", "train_every", "target_update", "tau",
-                "eps_start", "eps_end", "eps_frames", "grad_clip", "max_episode_frames",
-                "log_every", "checkpoint_every", "seed", "device", "out", "progress")
-
 
 def add_rl_parser(sub: Any) -> None:
     """Add the ``rl`` command and its actions to the subparsers ``sub``."""
-    p = sub.add_parser("rl", help="DDQN agents on MinAtar games, dense vs SAP under FGSM",
-                       epilog=RL_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "rl", "DDQN agents on MinAtar games, dense vs SAP under FGSM",
+                    RL_EXAMPLE)
     actions = p.add_subparsers(dest="rl_action", required=True, metavar="ACTION")
-    t = actions.add_parser("train", help="train a Double-DQN agent on a MinAtar game",
-                           epilog=RL_EXAMPLE,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_train_action(actions)
+    _add_eval_action(actions)
+    r = add_command(actions, "run", "run an RL study file (train, evaluate, record)", RL_EXAMPLE)
+    add_study_arguments(r, "RL study YAML file, e.g. configs/rl/minatar.yaml",
+                        "run only this cell (repeatable)",
+                        "study directory (default: the file's out)")
+    tb = actions.add_parser("table", help="print an RL study's tables from its results store")
+    tb.add_argument("study", help="RL study YAML file, study directory or results.sqlite")
+
+
+def _add_train_action(actions: Any) -> None:
+    t = add_command(actions, "train", "train a Double-DQN agent on a MinAtar game", RL_EXAMPLE)
     t.add_argument("--config", help="YAML file of DQN options; flags override it")
     t.add_argument("--game", help="asterix, breakout, freeway, seaquest, space_invaders")
     t.add_argument("--network", choices=("minatar", "nature"),
@@ -65,9 +72,10 @@ def add_rl_parser(sub: Any) -> None:
     t.add_argument("--out", help="run directory (default runs/rl/<game>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--no-progress", dest="progress", action="store_const", const=False)
-    e = actions.add_parser("eval", help="returns of the dense and SAP agent under FGSM",
-                           epilog=RL_EXAMPLE,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _add_eval_action(actions: Any) -> None:
+    e = add_command(actions, "eval", "returns of the dense and SAP agent under FGSM", RL_EXAMPLE)
     e.add_argument("--checkpoint", required=True, help="agent run directory or checkpoint.pt")
     e.add_argument("--eps", default="0", help="comma-separated FGSM lambdas on the [0, 1] "
                    "scale, N/255 allowed (default 0)")
@@ -85,38 +93,6 @@ def add_rl_parser(sub: Any) -> None:
     e.add_argument("--max-frames", type=int, default=10_000, help="cut episodes at this length")
     e.add_argument("--device", default="cpu")
     e.add_argument("--json", action="store_true", help="print the rows as JSON")
-    r = actions.add_parser("run", help="run an RL study file (train, evaluate, record)",
-                           epilog=RL_EXAMPLE,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("study", help="RL study YAML file, e.g. configs/rl/minatar.yaml")
-    r.add_argument("--cell", action="append", default=[], metavar="ID",
-                   help="run only this cell (repeatable)")
-    r.add_argument("--out", help="study directory (default: the file's out)")
-    r.add_argument("--list", action="store_true", help="list the cells and their status")
-    tb = actions.add_parser("table", help="print an RL study's tables from its results store")
-    tb.add_argument("study", help="RL study YAML file, study directory or results.sqlite")
-
-
-def eps_values(text: str) -> list[float]:
-    """``"0,1/255,0.02"`` -> ``[0.0, 0.0039..., 0.02]``."""
-    from robustact.rl.study import parse_eps
-
-    values = [parse_eps(v.strip()) for v in text.split(",") if v.strip()]
-    if not values:
-        raise ConfigError("--eps needs at least one lambda, e.g. --eps 0,4/255")
-    return values
-
-
-def train_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The config file's options (if any) updated by the flags given."""
-    from robustact.options import load_config_file
-
-    options: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    for name in _TRAIN_FLAGS:
-        value = getattr(args, name)
-        if value is not None:
-            options[name] = value
-    return options
 
 
 def cmd_rl(args: argparse.Namespace) -> int:
@@ -127,15 +103,16 @@ def cmd_rl(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from robustact.rl.dqn import DQNConfig, train_dqn
 
-    train_dqn(DQNConfig.from_dict(train_options(args)), resume=args.resume)
+    train_dqn(DQNConfig.from_dict(config_options(args, RL_TRAIN_FLAGS)), resume=args.resume)
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from robustact.report.rl import returns_table
     from robustact.rl.dqn import load_agent
-    from robustact.rl.evaluate import evaluate_agents, returns_table
+    from robustact.rl.evaluate import evaluate_agents
 
     eps = eps_values(args.eps)
     model, ckpt = load_agent(args.checkpoint, device=args.device)
@@ -167,28 +144,23 @@ def _finite(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from robustact.rl.study import load_rl_study, run_rl_study
+    from robustact.study.rl_config import load_rl_study
+    from robustact.study.runner import cell_statuses, run_rl_study
 
     study = load_rl_study(args.study, out=args.out)
     if args.list:
-        from robustact.results import ResultsStore
-
-        store = ResultsStore(study.store_path) if study.store_path.exists() else None
-        for cell in study.cells:
-            run = store.run(study.name, cell.id) if store else None
-            print(f"{cell.id:<24}{cell.train.game:<16}{run['status'] if run else 'not run'}")
+        games = {c.id: c.train.game for c in study.cells}
+        for cell, status, _ in cell_statuses(study):
+            print(f"{cell:<24}{games[cell]:<16}{status}")
         return 0
     statuses = run_rl_study(study, cells=args.cell or None)
     print((study.out / "results.md").read_text())
-    failed = [c for c, s in statuses.items() if s != "done"]
-    if failed:
-        print(f"failed cells: {', '.join(failed)} (see their error.log)", file=sys.stderr)
-        return 1
-    return 0
+    return report_failed([c for c, s in statuses.items() if s != "done"])
 
 
 def _table(args: argparse.Namespace) -> int:
-    from robustact.rl.study import load_rl_study, rl_results_table
+    from robustact.report.rl import rl_results_table
+    from robustact.study.rl_config import load_rl_study
     from robustact.study.stores import open_study_store
 
     store, name, _ = open_study_store(args.study, load=load_rl_study, command="robustact rl run")

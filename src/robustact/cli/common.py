@@ -1,0 +1,168 @@
+"""Helpers the command modules share: flag values turned into library options, repeated flags.
+
+Only argparse, yaml (when a helper runs) and :mod:`robustact.errors` are imported here, so that
+building the parser stays cheap; the library loads when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from robustact.errors import ConfigError
+
+
+def add_command(sub: Any, name: str, help: str, epilog: str) -> argparse.ArgumentParser:
+    """Add subcommand ``name`` to the subparsers ``sub``; its epilog keeps its line breaks."""
+    return sub.add_parser(name, help=help, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_study_arguments(p: argparse.ArgumentParser, study_help: str, cell_help: str,
+                        out_help: str) -> None:
+    """The arguments every study runner takes: the study file, --cell, --out and --list."""
+    p.add_argument("study", help=study_help)
+    p.add_argument("--cell", action="append", default=[], metavar="ID", help=cell_help)
+    p.add_argument("--out", help=out_help)
+    p.add_argument("--list", action="store_true", help="list the cells and their status")
+
+
+def report_failed(failed: list[str]) -> int:
+    """Exit status of a study run: 1 (and the cells named on stderr) when some cells failed."""
+    if failed:
+        print(f"failed cells: {', '.join(failed)} (see their error.log)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def copy_given(args: argparse.Namespace, flags: Iterable[str | tuple[str, str]],
+               into: dict[str, Any]) -> dict[str, Any]:
+    """Copy each flag that was given (not None) into ``into``; a ``(flag, key)`` pair renames."""
+    for flag in flags:
+        name, key = flag if isinstance(flag, tuple) else (flag, flag)
+        value = getattr(args, name)
+        if value is not None:
+            into[key] = value
+    return into
+
+
+def key_values(items: list[str], flag: str) -> dict[str, Any]:
+    """``["ratio=0.1", "mode=channel"]`` -> ``{"ratio": 0.1, "mode": "channel"}`` (YAML values)."""
+    import yaml
+
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
+        parsed[key.strip()] = yaml.safe_load(value)
+    return parsed
+
+
+def parse_defense(spec: str) -> dict[str, Any]:
+    """``"dro:p=0.3"`` -> ``{"defense": "dro", "p": 0.3}``."""
+    name, _, rest = spec.partition(":")
+    if not name.strip():
+        raise ConfigError(f"--defense expects NAME[:key=value,...], got {spec!r}")
+    items = [i for i in rest.split(",") if i.strip()]
+    return {"defense": name.strip(), **key_values(items, "--defense")}
+
+
+def eps_list(text: str) -> list[float]:
+    """``"0.1,8/255"`` -> ``[0.1, 0.0313...]``: the ``--eps`` of ``robustact attack``."""
+    from robustact.options import parse_eps
+
+    try:
+        values = [parse_eps(v.strip(), high=math.inf) for v in text.split(",") if v.strip()]
+    except ConfigError:
+        raise ConfigError(f"--eps must be comma-separated numbers (or N/255), got {text!r}"
+                          ) from None
+    if not values:
+        raise ConfigError("--eps needs at least one value, e.g. --eps 0.1")
+    return values
+
+
+def eps_values(text: str) -> list[float]:
+    """``"0,1/255,0.02"`` -> ``[0.0, 0.0039..., 0.02]``: the ``--eps`` of ``robustact rl eval``."""
+    from robustact.options import parse_eps
+
+    values = [parse_eps(v.strip(), what="FGSM lambda") for v in text.split(",") if v.strip()]
+    if not values:
+        raise ConfigError("--eps needs at least one lambda, e.g. --eps 0,4/255")
+    return values
+
+
+#: ``robustact train`` flags copied into the options as they are
+TRAIN_FLAGS = ("model", "dataset", "activation", "pretrained", "finetune_from", "data_dir",
+               "batch_size", "augment", "resize", "train_subset", "test_subset", "epochs",
+               "optimizer", "lr", "momentum", "weight_decay", "schedule", "gamma", "step_size",
+               "warmup_epochs", "grad_clip", "amp", "seed", "device", "out", "metrics_file",
+               "progress")
+SPARSITY_FLAGS = (("sparsity_start", "start"), ("sparsity_target", "target"),
+                  ("sparsity_step", "step"), ("sparsity_every", "every"),
+                  ("sparsity_begin", "begin_epoch"))
+ADVERSARIAL_FLAGS = (("adv", "method"), ("adv_eps", "eps"), ("adv_steps", "steps"),
+                     ("adv_step_size", "step_size"), ("adv_fraction", "fraction"),
+                     ("adv_guard", "guard"))
+#: ``robustact rl train`` flags, each a DQNConfig option
+RL_TRAIN_FLAGS = ("game", "network", "frames", "batch_size", "optimizer", "lr", "gamma",
+                  "replay_size", "replay_start", "train_every", "target_update", "tau",
+                  "eps_start", "eps_end", "eps_frames", "grad_clip", "max_episode_frames",
+                  "log_every", "checkpoint_every", "seed", "device", "out", "progress")
+
+
+def config_options(args: argparse.Namespace, flags: Iterable[str]) -> dict[str, Any]:
+    """The ``--config`` file's options (if any) updated by the flags given."""
+    from robustact.options import load_config_file
+
+    options: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    return copy_given(args, flags, options)
+
+
+def train_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Merge the config file (if any) and the explicit flags of ``train``/``lr-find``; flags win."""
+    options = config_options(args, ())
+    file_activation = options.get("activation")
+    copy_given(args, TRAIN_FLAGS, options)
+    if args.milestones is not None:
+        options["milestones"] = _milestones(args.milestones)
+    act_kwargs = _act_kwargs(args, options, file_activation)
+    if args.model_arg:
+        options["model_kwargs"] = {**(options.get("model_kwargs") or {}),
+                                   **key_values(args.model_arg, "--model-arg")}
+    if args.k is not None and args.ratio is None:
+        act_kwargs["ratio"] = None
+    options["act_kwargs"] = act_kwargs
+    for key, flags in (("sparsity", SPARSITY_FLAGS), ("adversarial", ADVERSARIAL_FLAGS)):
+        section = copy_given(args, flags, dict(options.get(key) or {}))
+        if section:
+            options[key] = section
+    return options
+
+
+def _milestones(text: str) -> list[int]:
+    try:
+        return [int(m) for m in text.split(",") if m.strip()]
+    except ValueError:
+        raise ConfigError(f"--milestones must be comma-separated epochs, got {text!r}") from None
+
+
+def _act_kwargs(args: argparse.Namespace, options: dict[str, Any],
+                file_activation: Any) -> dict[str, Any]:
+    """The activation arguments: the file's (unless --activation names another), then flags."""
+    act_kwargs = dict(options.get("act_kwargs") or {})
+    if args.activation is not None and args.activation != file_activation:
+        act_kwargs = {}  # the file's activation arguments belong to the activation it named
+    copy_given(args, ("ratio", "k", ("kwta_mode", "mode")), act_kwargs)
+    act_kwargs.update(key_values(args.act_arg, "--act-arg"))
+    return act_kwargs
+
+
+def torch_nll(probs: Any, y: Any) -> float:
+    """Mean negative log-likelihood of the (averaged) probabilities."""
+    import torch
+
+    return -torch.log(probs.gather(1, y.view(-1, 1)).clamp_min(1e-12)).mean().item()

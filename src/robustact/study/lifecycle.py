@@ -1,0 +1,120 @@
+"""One cell's lifecycle, for image and RL cells alike: train or reuse, evaluate or reuse, record.
+
+A cell kind implements :class:`CellWork` (:mod:`robustact.study.image_cell`,
+:mod:`robustact.study.rl_cell`); :func:`run_cell` drives it and records every step in the
+study's results store, the single source of truth: :func:`cell_status` (listings and stale
+detection) reads the store only. Files in the cell's folder are artifacts (checkpoints,
+training history) or exports (robustness.json), never state.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from robustact.results import ResultsStore
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Trained:
+    """What training (or reusing a trained run) left: its seconds and per-epoch history."""
+
+    seconds: float | None
+    history: list[dict[str, Any]]
+
+
+@dataclass
+class CellResult:
+    id: str
+    status: str  # "done" or "failed"
+    train_seconds: float | None = None
+    eval_seconds: float | None = None
+    error: str | None = None
+
+
+class CellWork(Protocol):
+    """What the lifecycle needs of a cell kind."""
+
+    id: str
+    needs: list[str]
+
+    @property
+    def out(self) -> Path: ...
+    def device(self) -> str: ...
+    def run_config(self) -> dict[str, Any]: ...
+    def train_hash(self) -> str: ...
+    def evaluate_hashes(self) -> tuple[str, ...]: ...
+    def train(self, log: Log) -> Trained: ...
+    def evaluate(self, store: ResultsStore, run_id: int, log: Log) -> float: ...
+
+
+def run_cell(store: ResultsStore, study: str, cell: CellWork, *, log: Log = print) -> CellResult:
+    """Train and evaluate one cell, reusing what the store says is done; a failure is
+    recorded (and its traceback written to ``error.log``), not raised."""
+    result = CellResult(cell.id, "failed")
+    kw = dict(config=cell.run_config(), config_hash=cell.train_hash(), device=_device(cell))
+    previous = store.run(study, cell.id)
+    run_id = store.record_run(study, cell.id, status="running", **kw)
+    try:
+        trained = cell.train(lambda m: log(f"[{cell.id}] {m}"))
+        result.train_seconds = trained.seconds
+        store.record_epochs(run_id, trained.history)
+        result.eval_seconds = _evaluate(store, run_id, cell, previous, log)
+        result.status = "done"
+    except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the study
+        result.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        log(f"[{cell.id}] FAILED: {result.error}")
+        cell.out.mkdir(parents=True, exist_ok=True)
+        (cell.out / "error.log").write_text(traceback.format_exc())
+    store.record_run(study, cell.id, status=result.status, error=result.error,
+                     train_seconds=result.train_seconds, eval_seconds=result.eval_seconds, **kw)
+    return result
+
+
+def _evaluate(store: ResultsStore, run_id: int, cell: CellWork,
+              previous: dict[str, Any] | None, log: Log) -> float | None:
+    """Evaluate, or reuse the stored evaluation when it has the cell's evaluation hash."""
+    hashes = cell.evaluate_hashes()
+    if not hashes:
+        return None
+    if stored_evaluate_hash(store, run_id) in hashes:
+        log(f"[{cell.id}] evaluated earlier (results store)")
+        return (previous or {}).get("eval_seconds")
+    start = time.perf_counter()
+    cell.evaluate(store, run_id, lambda m: log(f"[{cell.id}] {m}"))
+    return round(time.perf_counter() - start, 1)
+
+
+def stored_evaluate_hash(store: ResultsStore, run_id: int) -> str | None:
+    return (store.evaluation(run_id) or {}).get("evaluate_hash")
+
+
+def cell_status(store: ResultsStore | None, study: str, cell: CellWork) -> tuple[str, str | None]:
+    """(status, why) of a cell from the store: ``not run``, ``running``, ``failed``,
+    ``done`` or ``stale`` (done, but with other options than the study file's)."""
+    run = store.run(study, cell.id) if store is not None else None
+    if run is None:
+        return "not run", None
+    if run["status"] != "done":
+        return run["status"], run.get("error")
+    if run["config_hash"] not in (None, cell.train_hash()):
+        return "stale", "trained with other options than the study file's; rerun the cell"
+    hashes = cell.evaluate_hashes()
+    if hashes and stored_evaluate_hash(store, run["id"]) not in hashes:
+        return "stale", "evaluated with other settings than the study file's; rerun the cell"
+    return "done", None
+
+
+def _device(cell: CellWork) -> str | None:
+    from robustact.device import select_device
+
+    try:
+        return str(select_device(cell.device()))
+    except Exception:  # noqa: BLE001 - an unusable device fails the cell's training instead
+        return None
