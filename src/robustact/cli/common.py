@@ -159,10 +159,3 @@ def _act_kwargs(args: argparse.Namespace, options: dict[str, Any],
     copy_given(args, ("ratio", "k", ("kwta_mode", "mode")), act_kwargs)
     act_kwargs.update(key_values(args.act_arg, "--act-arg"))
     return act_kwargs
-
-
-def torch_nll(probs: Any, y: Any) -> float:
-    """Mean negative log-likelihood of the (averaged) probabilities."""
-    import torch
-
-    return -torch.log(probs.gather(1, y.view(-1, 1)).clamp_min(1e-12)).mean().item()

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from robustact.cli.common import add_command, parse_defense, torch_nll
+from robustact.cli.common import add_command, parse_defense
 from robustact.errors import ConfigError
 
 EVAL_EXAMPLE = """\
@@ -53,7 +53,7 @@ def _defense(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate the checkpoint and print one line (or one JSON object)."""
-    from robustact.eval.calibration import predict_proba, reliability
+    from robustact.eval.calibration import nll, predict_proba, reliability
     from robustact.eval.checkpoint import load_evaluation_data
 
     defense = _defense(args)
@@ -62,7 +62,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                        defense=defense)
     probs = predict_proba(model, x, n_samples=args.samples, batch_size=args.batch_size)
     rel = reliability(probs, y, bins=args.bins)
-    loss = float(torch_nll(probs, y))
+    loss = float(nll(probs, y))
     result = {"n": rel.n, "accuracy": rel.accuracy, "loss": loss, "ece": rel.ece,
               "samples": args.samples, "defense": defense}
     if args.json:

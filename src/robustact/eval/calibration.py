@@ -210,3 +210,8 @@ def calibrate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, n_samples: 
     _check_bins(bins, strategy)
     probs = predict_proba(model, x, n_samples=n_samples, batch_size=batch_size)
     return reliability(probs, torch.as_tensor(y).cpu(), bins=bins, strategy=strategy)
+
+
+def nll(probs: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean negative log-likelihood of the (averaged) probabilities."""
+    return -torch.log(probs.gather(1, y.view(-1, 1)).clamp_min(1e-12)).mean().item()

@@ -17,31 +17,16 @@ from robustact.files import read_json
 from robustact.report.robustness import robustness_table
 from robustact.results import ResultsStore
 from robustact.study.config import Cell
-from robustact.study.lifecycle import Log, Trained
+from robustact.study.lifecycle import CellWrapper, Log, Trained
 
 ROBUSTNESS = "robustness"  # the export's stem: robustness.json and robustness.csv
 
 
 @dataclasses.dataclass
-class ImageWork:
+class ImageWork(CellWrapper):
     """An image cell, as the lifecycle drives it."""
 
     cell: Cell
-
-    @property
-    def id(self) -> str:
-        return self.cell.id
-
-    @property
-    def needs(self) -> list[str]:
-        return self.cell.needs
-
-    @property
-    def out(self) -> Path:
-        return self.cell.out
-
-    def device(self) -> str:
-        return self.cell.train.device
 
     def run_config(self) -> dict[str, Any]:
         cell = self.cell

@@ -47,6 +47,7 @@ class CellWork(Protocol):
     @property
     def out(self) -> Path: ...
     def device(self) -> str: ...
+    def seed(self) -> int | None: ...
     def run_config(self) -> dict[str, Any]: ...
     def train_hash(self) -> str: ...
     def evaluate_hashes(self) -> tuple[str, ...]: ...
@@ -54,11 +55,38 @@ class CellWork(Protocol):
     def evaluate(self, store: ResultsStore, run_id: int, log: Log) -> float: ...
 
 
+@dataclass
+class CellWrapper:
+    """What every cell kind reads the same way off its study-file cell: id, needs, folder,
+    device. Image and RL cells subclass it."""
+
+    cell: Any
+
+    @property
+    def id(self) -> str:
+        return self.cell.id
+
+    @property
+    def needs(self) -> list[str]:
+        return self.cell.needs
+
+    @property
+    def out(self) -> Path:
+        return self.cell.out
+
+    def device(self) -> str:
+        return self.cell.train.device
+
+    def seed(self) -> int | None:
+        return self.cell.train.seed
+
+
 def run_cell(store: ResultsStore, study: str, cell: CellWork, *, log: Log = print) -> CellResult:
     """Train and evaluate one cell, reusing what the store says is done; a failure is
     recorded (and its traceback written to ``error.log``), not raised."""
     result = CellResult(cell.id, "failed")
-    kw = dict(config=cell.run_config(), config_hash=cell.train_hash(), device=_device(cell))
+    kw = dict(config=cell.run_config(), config_hash=cell.train_hash(), device=_device(cell),
+              seed=cell.seed())
     previous = store.run(study, cell.id)
     run_id = store.record_run(study, cell.id, status="running", **kw)
     try:

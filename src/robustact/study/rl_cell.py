@@ -10,39 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
 from robustact.eval.record import EvalRecord
 from robustact.files import read_json
 from robustact.options import short_hash
 from robustact.results import ResultsStore
-from robustact.study.lifecycle import Log, Trained
+from robustact.study.lifecycle import CellWrapper, Log, Trained
 from robustact.study.rl_config import RLCell
 
 RETURNS = "rl_returns"  # the artifact kind the RL tables read
 
 
 @dataclasses.dataclass
-class RLWork:
+class RLWork(CellWrapper):
     """An RL cell, as the lifecycle drives it."""
 
     cell: RLCell
-
-    @property
-    def id(self) -> str:
-        return self.cell.id
-
-    @property
-    def needs(self) -> list[str]:
-        return self.cell.needs
-
-    @property
-    def out(self) -> Path:
-        return self.cell.out
-
-    def device(self) -> str:
-        return self.cell.train.device
 
     def run_config(self) -> dict[str, Any]:
         # model / dataset / activation: what the generic tables of the store and report group by

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from robustact.errors import ConfigError
-from robustact.options import OptionsMixin, from_options, load_config_file, short_hash
+from robustact.options import OptionsMixin, from_options, load_config_file, parse_eps, short_hash
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "onecycle", "cyclic")
@@ -82,6 +82,10 @@ class AdversarialTraining:
         if self.method not in ADV_METHODS:
             raise ConfigError(f"unknown adversarial training method {self.method!r}; "
                               "valid: fgsm (fast AT), pgd (Madry)")
+        # one spelling of eps everywhere: a number or a fraction such as "8/255"
+        self.eps = parse_eps(self.eps, what="adversarial eps")
+        if isinstance(self.step_size, str):
+            self.step_size = parse_eps(self.step_size, what="adversarial step_size")
         if not 0.0 < self.eps <= 1.0:
             raise ConfigError(f"adversarial eps must be in (0, 1] (pixel scale), got {self.eps}")
         if self.step_size is not None and self.step_size <= 0:

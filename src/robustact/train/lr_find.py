@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustact.device import amp_dtype, select_device
+from robustact.device import select_device
 from robustact.errors import ConfigError
 from robustact.files import write_json
 from robustact.train.config import TrainConfig
@@ -139,13 +139,10 @@ def _setup(config: TrainConfig) -> tuple[torch.device, torch.dtype | None, Any, 
                                          torch.optim.Optimizer]:
     """The device, AMP dtype, training batches, fresh network and optimizer of ``config``."""
     from robustact.data import BatchLoader, load_dataset
-    from robustact.train.loop import build_trainable, make_optimizer
+    from robustact.train.loop import autocast_dtype, build_trainable, make_optimizer
 
     device = select_device(config.device)
-    use_amp = config.amp if config.amp is not None else device.type == "cuda"
-    dtype = amp_dtype(device) if use_amp else None
-    if use_amp and dtype is None:
-        raise ConfigError(f"mixed precision (amp) is supported on CUDA only, not on {device.type}")
+    dtype = autocast_dtype(config, device)
     torch.manual_seed(config.seed)
     train_set = load_dataset(config.dataset, "train", data_dir=config.data_dir)
     if config.train_subset:
