@@ -460,6 +460,9 @@ def test_study_records_returns_in_the_store(tmp_path: Path, quick_agent: Path,
     assert "sap-100 vs dense" in table and "| breakout | breakout |" in table
     assert main(["rl", "table", str(study_file)]) == 0
     assert "Relative change in mean return" in capsys.readouterr().out
+    # one lifecycle for image and RL cells: `robustact run` lists RL cells from the store
+    assert main(["run", str(study_file), "--list"]) == 0
+    assert capsys.readouterr().out.split() == ["breakout", "done"]
 
 
 def test_cli_rl_eval_json_and_errors(quick_agent: Path,

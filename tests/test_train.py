@@ -167,13 +167,14 @@ def test_lr_range_test_learns_then_diverges(tmp_path: Path) -> None:
 
 
 def test_range_test_readings() -> None:
+    from robustact.report.figures import range_test_table
     from robustact.train.lr_find import RangeTest
 
     lrs = [10.0 ** e for e in range(-5, 1)]  # one decade per step
     curve = RangeTest(lrs, [0.0] * 6, [2.3, 2.2, 1.5, 1.2, 1.1, 3.0])
     assert curve.lr_min_loss == 1e-1  # smallest smoothed loss
     assert curve.lr_steepest == pytest.approx(1e-4)  # 2.2 -> 1.5 is the steepest fall
-    assert "steepest descent at lr 0.0001" in curve.table()
+    assert "steepest descent at lr 0.0001" in range_test_table(curve)  # the report renders
 
 
 def test_lr_find_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -152,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     """Run the learning-rate range test, write its curve, print its table."""
-    from robustact.report.figures import write_lr_find_figure
+    from robustact.report.figures import range_test_table, write_lr_find_figure
     from robustact.train import TrainConfig
     from robustact.train.lr_find import lr_range_test, write_range_test
 
@@ -163,6 +163,6 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
                            beta=args.beta, diverge=args.diverge)
     path = write_range_test(result, config, out)
     write_lr_find_figure(out, result, config)
-    print(result.table())
+    print(range_test_table(result))
     print(f"curve: {path} and {path.with_suffix('.svg')}")
     return 0

@@ -195,3 +195,17 @@ def write_lr_find_figure(out: str | Path, result: RangeTest, config: TrainConfig
     title = f"range test: {config.model}, {config.activation}"
     write_atomic(path, svg.svg_file_text(lr_find_svg(result, title)))
     return path
+
+
+def range_test_table(curve: RangeTest, rows: int = 12) -> str:
+    """A learning-rate range test: every few steps as a text table, then the two readings."""
+    every = max(1, len(curve.lrs) // rows)
+    lines = ["    step          lr      loss  smoothed"]
+    for i in list(range(0, len(curve.lrs), every)) + [len(curve.lrs) - 1]:
+        lines.append(f"{i + 1:8d}  {curve.lrs[i]:10.3g}  {curve.losses[i]:8.4f}  "
+                     f"{curve.smoothed[i]:8.4f}")
+    lines = list(dict.fromkeys(lines))  # the last step may already be listed
+    lines.append(f"steepest descent at lr {curve.lr_steepest:.3g}; smallest loss at lr "
+                 f"{curve.lr_min_loss:.3g} (rule of thumb for the peak: "
+                 f"{curve.lr_min_loss / 10:.3g}); stopped: {curve.stopped}")
+    return "\n".join(lines)

@@ -7,24 +7,19 @@ from typing import Any
 
 from robustact.errors import ConfigError
 from robustact.results import ResultsStore
+from robustact.study.cells import store_path
+from robustact.study.rl_config import load_any_study
 
 
 def open_study_store(source: str, load: Any = None,
                 command: str = "robustact run") -> tuple[Any, str, Any]:
     """(store, study name, study directory) from a YAML file, directory or .sqlite; ``load``
-    reads a study YAML file (default the image studies' ``load_study``; the RL commands pass
-    theirs), ``command`` is the one that fills the store, for the error message."""
+    reads a study YAML file (default: image or RL, whichever the file describes),
+    ``command`` is the one that fills the store, for the error message."""
     path = Path(source)
     if path.suffix in (".yaml", ".yml"):
-        if load is None:
-            from robustact.study.rl_config import is_rl_study_file
-
-            if is_rl_study_file(path):
-                from robustact.study.rl_config import load_rl_study as load
-            else:
-                from robustact.study import load_study as load
-        study = load(path)
-        db, name, root = study.out / "results.sqlite", study.name, study.out
+        study = (load or load_any_study)(path)
+        db, name, root = store_path(study), study.name, Path(study.out)
     elif path.is_dir():
         db, name, root = path / "results.sqlite", None, path
     else:

@@ -62,19 +62,6 @@ class RangeTest:
         return {**asdict(self), "lr_min_loss": self.lr_min_loss,
                 "lr_steepest": self.lr_steepest}
 
-    def table(self, rows: int = 12) -> str:
-        """Every few steps as a text table, then the two readings."""
-        every = max(1, len(self.lrs) // rows)
-        lines = ["    step          lr      loss  smoothed"]
-        for i in list(range(0, len(self.lrs), every)) + [len(self.lrs) - 1]:
-            lines.append(f"{i + 1:8d}  {self.lrs[i]:10.3g}  {self.losses[i]:8.4f}  "
-                         f"{self.smoothed[i]:8.4f}")
-        lines = list(dict.fromkeys(lines))  # the last step may already be listed
-        lines.append(f"steepest descent at lr {self.lr_steepest:.3g}; smallest loss at lr "
-                     f"{self.lr_min_loss:.3g} (rule of thumb for the peak: "
-                     f"{self.lr_min_loss / 10:.3g}); stopped: {self.stopped}")
-        return "\n".join(lines)
-
 
 def lr_range_test(config: TrainConfig, *, start: float = 1e-5, end: float = 1.0,
                   steps: int = 100, beta: float = 0.9, diverge: float = 4.0) -> RangeTest:
