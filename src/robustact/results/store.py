@@ -4,9 +4,9 @@
     run_id = store.record_run("kaf_fmnist", "relu", config=cfg.to_dict(),
                               config_hash=cfg.hash(), status="running", seed=cfg.seed)
     store.record_epochs(run_id, history)               # the rows of metrics.jsonl
-    store.record_robustness(run_id, record)            # the dict written to robustness.json
+    store.record_robustness(run_id, record)            # an EvalRecord (robustness.json's form)
     store.record_run("kaf_fmnist", "relu", ..., status="done", train_seconds=812.4)
-    print(store.export("kaf_fmnist", format="markdown"))
+    print(store.export("kaf_fmnist", format="csv"))     # markdown: robustact.report
 
 Several processes may write to one store at once (e.g. one study runner per GPU): the file is in
 WAL mode, each write is one short ``BEGIN IMMEDIATE`` transaction on a fresh connection, and a
