@@ -50,10 +50,9 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from robustact.errors import ConfigError, RobustactError
-from robustact.eval.record import EvalRecord
 
 SCHEMA_VERSION = 1
 STATUSES = ("running", "done", "failed")
@@ -145,6 +144,9 @@ CREATE TABLE IF NOT EXISTS artifacts (
 """
 
 T = TypeVar("T")
+
+if TYPE_CHECKING:  # the record type loads robustact.eval (and torch): only where it is used
+    from robustact.eval.record import EvalRecord
 
 
 class StoreError(RobustactError):
@@ -430,6 +432,8 @@ class ResultsStore:
         """Store an evaluation of run ``run_id``: an :class:`~robustact.eval.record.EvalRecord`
         (or its JSON form, as in robustness.json). Replaces the run's previous evaluation,
         results and diagnostics."""
+        from robustact.eval.record import EvalRecord
+
         record = EvalRecord.from_dict(record)
         evaluation, results = _evaluation_rows(run_id, record)
         diagnostics = record.diagnostics

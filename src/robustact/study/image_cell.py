@@ -7,7 +7,6 @@ image study file (:class:`robustact.study.config.Cell`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from robustact.report.robustness import robustness_table
 from robustact.results import ResultsStore
 from robustact.study.config import Cell
 from robustact.study.lifecycle import CellWrapper, Log, Trained
+from robustact.train.metrics import read_metrics
 
 ROBUSTNESS = "robustness"  # the export's stem: robustness.json and robustness.csv
 
@@ -62,7 +62,7 @@ class ImageWork(CellWrapper):
             start = time.perf_counter()
             train(dataclasses.replace(cell.train, out=str(tdir)), resume=resume, log=log)
             seconds = round(time.perf_counter() - start, 1)
-        history = read_history(tdir)
+        history = read_metrics(tdir / "metrics.jsonl")
         if seconds is None:  # reused: the epochs' own times
             seconds = round(sum(r.get("seconds", 0) for r in history), 1) or None
         return Trained(seconds, history)
@@ -96,14 +96,6 @@ class ImageWork(CellWrapper):
 def posthoc_label(posthoc: dict[str, Any]) -> str:
     params = ", ".join(f"{k}={v}" for k, v in posthoc.items() if k != "defense")
     return f"{posthoc['defense']}({params})" if params else str(posthoc["defense"])
-
-
-def read_history(out: Path) -> list[dict[str, Any]]:
-    """The training history artifact (``metrics.jsonl``) of a run folder."""
-    path = out / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def record_artifacts(cell: Cell, store: ResultsStore, run_id: int, log: Log) -> None:

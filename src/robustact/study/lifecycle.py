@@ -85,8 +85,8 @@ def run_cell(store: ResultsStore, study: str, cell: CellWork, *, log: Log = prin
     """Train and evaluate one cell, reusing what the store says is done; a failure is
     recorded (and its traceback written to ``error.log``), not raised."""
     result = CellResult(cell.id, "failed")
-    kw = dict(config=cell.run_config(), config_hash=cell.train_hash(), device=_device(cell),
-              seed=cell.seed())
+    kw = dict(config=cell.run_config(), config_hash=cell.train_hash(),
+              device=resolved_device(cell.device()), seed=cell.seed())
     previous = store.run(study, cell.id)
     run_id = store.record_run(study, cell.id, status="running", **kw)
     try:
@@ -139,10 +139,12 @@ def cell_status(store: ResultsStore | None, study: str, cell: CellWork) -> tuple
     return "done", None
 
 
-def _device(cell: CellWork) -> str | None:
+def resolved_device(name: str) -> str | None:
+    """The device a cell's ``device`` option selects (``"auto"`` -> ``"cuda:0"``, ...), or
+    None when it cannot be used (the cell's training then fails with the reason)."""
     from robustact.device import select_device
 
     try:
-        return str(select_device(cell.device()))
+        return str(select_device(name))
     except Exception:  # noqa: BLE001 - an unusable device fails the cell's training instead
         return None

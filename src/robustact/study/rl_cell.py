@@ -16,7 +16,7 @@ from robustact.eval.record import EvalRecord
 from robustact.files import read_json
 from robustact.options import short_hash
 from robustact.results import ResultsStore
-from robustact.study.lifecycle import CellWrapper, Log, Trained
+from robustact.study.lifecycle import CellWrapper, Log, Trained, resolved_device
 from robustact.study.rl_config import RLCell
 
 RETURNS = "rl_returns"  # the artifact kind the RL tables read
@@ -63,7 +63,8 @@ class RLWork(CellWrapper):
         from robustact.rl.dqn import load_agent
         from robustact.rl.evaluate import evaluate_agents
 
-        ev, device = self.cell.evaluate, _device(self.cell.train.device)
+        ev = self.cell.evaluate
+        device = resolved_device(self.cell.train.device) or "cpu"  # as before: else the CPU
         log("evaluating dense"
             + (f" and SAP (frac {ev.sap_frac:g})" if ev.sap_frac is not None else "")
             + f" at lambda {', '.join(f'{e:.4g}' for e in ev.eps)} on {ev.episodes} episodes")
@@ -88,12 +89,3 @@ def _returns_table(rows: list[Any]) -> str:
     from robustact.report.rl import returns_table
 
     return returns_table(rows)
-
-
-def _device(device: str) -> str:
-    from robustact.device import select_device
-
-    try:
-        return str(select_device(device))
-    except Exception:  # noqa: BLE001 - as before: fall back to the CPU
-        return "cpu"
