@@ -1,5 +1,6 @@
 # One-command set-up: `make demo` and `make test` create .venv, install torch (pinned, so no CUDA
-# download on CPU machines), the package with its dev extras, and make sure Fashion-MNIST is present.
+# download on CPU machines), the package with its dev extras, and make sure Fashion-MNIST is present;
+# `make test` also makes sure PostgreSQL is installed (the tests start a throwaway server of it).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +10,7 @@ DATA_STAMP := $(VENV)/.fashion-mnist-ready
 DEMO_OUT ?= runs/demo
 DEMO_JOBS ?= 2
 
-.PHONY: setup data demo test lint bench clean
+.PHONY: setup data postgres demo test lint bench clean
 
 setup: $(STAMP)
 
@@ -31,14 +32,19 @@ $(DATA_STAMP): $(STAMP)
 	$(PY) -m robustact data fetch fashion_mnist
 	touch $(DATA_STAMP)
 
+# Debian's postgresql (apt-get, as root) unless its server binaries are there; the store tests
+# start and stop their own server with tools/pg_server.py
+postgres:
+	$(PYTHON) tools/pg_server.py install
+
 demo: $(STAMP) $(DATA_STAMP)
 	$(PY) -m robustact run configs/demo.yaml --out $(DEMO_OUT) --jobs $(DEMO_JOBS)
 	$(PY) -m robustact report $(DEMO_OUT)
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff check src tests bench tools
 
-test: $(STAMP) $(DATA_STAMP) lint
+test: $(STAMP) $(DATA_STAMP) postgres lint
 	$(PY) -m pytest -q
 
 bench: $(STAMP) $(DATA_STAMP)

@@ -1,8 +1,13 @@
-"""Shared fixtures: small models trained once per test session on real Fashion-MNIST."""
+"""Shared fixtures: small models trained once per test session on real Fashion-MNIST, and a
+throwaway PostgreSQL server for the results store."""
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,3 +90,37 @@ def fmnist_test() -> tuple[torch.Tensor, torch.Tensor]:
     """The first 200 Fashion-MNIST test images (float in [0, 1]) and labels."""
     data = load_dataset("fashion_mnist", "test").subset(200)
     return data.images.float() / 255, data.labels
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The URL of an empty database on a throwaway PostgreSQL server (tools/pg_server.py),
+    started for the session and stopped after it. It fails, never skips, when the server
+    cannot be started: the PostgreSQL store is part of the default tests."""
+    path = Path(__file__).parents[1] / "tools" / "pg_server.py"
+    spec = importlib.util.spec_from_file_location("pg_server", path)
+    assert spec is not None and spec.loader is not None
+    pg_server = importlib.util.module_from_spec(spec)
+    sys.modules["pg_server"] = pg_server  # its dataclass looks its module up
+    spec.loader.exec_module(pg_server)
+    try:
+        server = pg_server.start()
+    except (pg_server.ServerError, OSError) as exc:
+        pytest.fail(f"cannot start the test PostgreSQL server: {exc}; `make postgres` installs "
+                    "Debian's postgresql (tools/pg_server.py)", pytrace=False)
+    yield server.url
+    server.stop()
+
+
+_DATABASES = itertools.count()
+
+
+@pytest.fixture
+def postgres_database(postgres_url: str) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL server, one per test."""
+    import psycopg
+
+    name = f"robustact_test_{next(_DATABASES)}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"{postgres_url.rpartition('/')[0]}/{name}"

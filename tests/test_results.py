@@ -1,4 +1,5 @@
-"""The results store: concurrent writers lose nothing, re-recording updates, exports round-trip."""
+"""The results store, on SQLite and on PostgreSQL alike: concurrent writers lose and duplicate
+nothing, re-recording updates, exports round-trip, locks and newer schemas give clear errors."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from robustact.errors import ConfigError
@@ -20,6 +22,22 @@ from robustact.results import store as store_module
 CONFIG = {"model": "small_cnn", "dataset": "fashion_mnist", "activation": "kwta",
           "act_kwargs": {"ratio": 0.1}, "epochs": 3, "seed": 0,
           "adversarial": {"method": "fgsm", "eps": 0.1}}
+
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty store on each backend: a SQLite path (in a folder still to be made), or the URL
+    of a new database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "deep" / "results.sqlite")
+    return request.getfixturevalue("postgres_database")
+
+
+def is_sqlite(url: str) -> bool:
+    return "://" not in url
 
 
 @pytest.fixture(autouse=True)
@@ -70,54 +88,75 @@ OUTCOMES = {("fgsm", 0.1): [1, 0, 1, 1, 0, 1, 0], ("pgd", 0.1): [1, 0, 0, 1, 0, 
 CLEAN = [1, 1, 1, 1, 0, 1, 0]
 
 
-def _writer(path: str, worker: int, cells: int) -> None:
-    """One process of the concurrency test: many short writes, each its own transaction."""
+def _writer(url: str, worker: int, cells: int) -> None:
+    """One process of the concurrency test: many short writes, each its own transaction; every
+    worker also re-records one shared run and its evaluation."""
     store_module.git_commit = lambda: None  # a spawned process does not see the monkeypatch
-    store = ResultsStore(path)
+    store = ResultsStore(url)
     for i in range(cells):
         run_id = store.record_run("conc", f"w{worker}-{i}", config={"i": i}, config_hash="h",
                                   status="running", seed=i)
         store.record_epochs(run_id, [{"epoch": e, "loss": worker + e / 10} for e in range(4)])
         store.record_artifact(run_id, "note", "k", {"worker": worker, "i": i})
+        store.record_robustness(run_id, worker_record(worker, i))
         shared = store.record_run("conc", "shared", config={"by": worker}, config_hash="s",
                                   status="done")
         store.record_artifact(shared, "note", f"w{worker}-{i}", {"i": i})
+        store.record_robustness(shared, worker_record(worker, i))
         store.record_run("conc", f"w{worker}-{i}", config={"i": i}, config_hash="h",
                          status="done", train_seconds=float(i))
 
 
-def test_concurrent_writers_from_two_processes_lose_nothing(tmp_path: Path) -> None:
-    path = str(tmp_path / "deep" / "results.sqlite")
-    cells = 20
+def worker_record(worker: int, i: int) -> dict[str, Any]:
+    """A robustness record that names its writer (checkpoint) and iteration (seconds)."""
+    return {**make_record(OUTCOMES, CLEAN), "checkpoint": f"w{worker}", "seconds": float(i)}
+
+
+def test_concurrent_writers_from_two_processes_lose_nothing(store_url: str) -> None:
+    cells = 12
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_writer, args=(path, w, cells)) for w in range(2)]
+    workers = [context.Process(target=_writer, args=(store_url, w, cells)) for w in range(2)]
     for p in workers:
         p.start()
     for p in workers:
         p.join(timeout=120)
     assert [p.exitcode for p in workers] == [0, 0]
-    store = ResultsStore(path)
+    store = ResultsStore(store_url)
     runs = store.runs("conc")
     assert len(runs) == 2 * cells + 1
     assert {r["cell"] for r in runs} == {"shared"} | {f"w{w}-{i}" for w in range(2)
                                                      for i in range(cells)}
+    rows = len(make_record(OUTCOMES, CLEAN)["rows"])
     for run in runs:
+        results = store.results(run_id=run["id"])
+        assert len(results) == rows  # one whole evaluation: replaced, never appended or mixed
+        assert [r["position"] for r in results] == list(range(rows))
         if run["cell"] == "shared":
-            assert len(store.artifacts(run["id"])) == 2 * cells  # one id, every artifact kept
+            keys = [a["key"] for a in store.artifacts(run["id"])]
+            assert sorted(keys) == sorted(f"w{w}-{i}" for w in range(2) for i in range(cells))
+            assert store.evaluation(run["id"])["checkpoint"] in ("w0", "w1")
             continue
         assert run["status"] == "done"
-        i = int(run["cell"].split("-")[1])
+        worker, i = (int(x) for x in run["cell"][1:].split("-"))
         assert run["train_seconds"] == i and run["seed"] == i  # seed kept from "running"
         assert [e["epoch"] for e in store.epochs(run["id"])] == [0, 1, 2, 3]
-        assert store.artifacts(run["id"], "note")[0]["payload"]["i"] == i
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert [a["payload"] for a in store.artifacts(run["id"], "note")] == [
+            {"worker": worker, "i": i}]
+        evaluation = store.evaluation(run["id"])
+        assert (evaluation["checkpoint"], evaluation["seconds"]) == (f"w{worker}", i)
+    if is_sqlite(store_url):
+        with sqlite3.connect(store_url) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    else:
+        with psycopg.connect(store_url) as conn:
+            assert conn.execute("SELECT version FROM robustact_schema").fetchall() == [
+                (SCHEMA_VERSION,)]
 
 
-def test_rerecording_a_cell_updates_its_row(tmp_path: Path) -> None:
+def test_rerecording_a_cell_updates_its_row(store_url: str) -> None:
     record = make_record(OUTCOMES, CLEAN)
-    store = ResultsStore(tmp_path / "r.sqlite")
+    store = ResultsStore(store_url)
     first = store.record_run("s", "kwta", config=CONFIG, config_hash="a", status="running",
                              seed=3, device="cpu")
     started = store.run("s", "kwta")["started"]
@@ -155,9 +194,9 @@ def test_rerecording_a_cell_updates_its_row(tmp_path: Path) -> None:
     assert store.delete_run("t", "kwta") and store.run("t", "kwta") is None
 
 
-def test_robustness_record_is_stored_whole(tmp_path: Path) -> None:
+def test_robustness_record_is_stored_whole(store_url: str) -> None:
     record = make_record(OUTCOMES, CLEAN)
-    store = ResultsStore(tmp_path / "r.sqlite")
+    store = ResultsStore(store_url)
     run_id = store.record_run("s", "kwta", config=CONFIG, config_hash="a", status="done")
     store.record_robustness(run_id, record)
     rows = store.results(run_id=run_id)
@@ -182,9 +221,9 @@ def test_robustness_record_is_stored_whole(tmp_path: Path) -> None:
         store.record_run("s", "x", config={}, config_hash=None, status="finished")
 
 
-def test_exports_round_trip_the_numbers(tmp_path: Path) -> None:
+def test_exports_round_trip_the_numbers(store_url: str) -> None:
     record = make_record(OUTCOMES, CLEAN)
-    store = ResultsStore(tmp_path / "r.sqlite")
+    store = ResultsStore(store_url)
     run_id = store.record_run("s", "kwta", config=CONFIG, config_hash="a", status="done",
                               seed=0, train_seconds=3.5)
     store.record_robustness(run_id, record)
@@ -226,20 +265,76 @@ def test_exports_round_trip_the_numbers(tmp_path: Path) -> None:
         store.export("s", format="markdown")  # the store stores; report renders markdown
 
 
-def test_schema_version_and_bad_files(tmp_path: Path) -> None:
-    path = tmp_path / "r.sqlite"
-    ResultsStore(path)
-    ResultsStore(path)  # reopening is fine
-    with sqlite3.connect(path) as conn:
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(StoreError, match="newer"):
-        ResultsStore(path)
+def test_a_newer_schema_is_refused(store_url: str) -> None:
+    ResultsStore(store_url)
+    ResultsStore(store_url)  # reopening is fine
+    if is_sqlite(store_url):
+        with sqlite3.connect(store_url) as conn:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    else:
+        with psycopg.connect(store_url) as conn:
+            conn.execute("UPDATE robustact_schema SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match="newer than this robustact's"):
+        ResultsStore(store_url)
+
+
+def test_bad_sqlite_files(tmp_path: Path) -> None:
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreError, match="not usable|cannot open"):
         ResultsStore(junk)
     with pytest.raises(ConfigError, match="is a directory"):
         ResultsStore(tmp_path)
+
+
+#: the SQLite schema as robustact wrote it by hand before the store moved to SQLAlchemy
+OLD_SQLITE_SCHEMA = """
+CREATE TABLE runs (id INTEGER PRIMARY KEY, study TEXT NOT NULL, cell TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')), error TEXT,
+    config TEXT NOT NULL, config_hash TEXT, code_version TEXT, git_commit TEXT, seed INTEGER,
+    python_version TEXT, torch_version TEXT, numpy_version TEXT, device TEXT, started TEXT,
+    finished TEXT, train_seconds REAL, eval_seconds REAL, UNIQUE (study, cell));
+CREATE TABLE epochs (run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL, metrics TEXT NOT NULL, PRIMARY KEY (run_id, epoch));
+CREATE TABLE evaluations (run_id INTEGER PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
+    checkpoint TEXT, model TEXT, activation TEXT, act_kwargs TEXT, dataset TEXT, split TEXT,
+    n INTEGER, eps_list TEXT, n_samples INTEGER, sequential INTEGER, seconds REAL,
+    clean_accuracy REAL, clean_correct TEXT, evaluate_hash TEXT, recorded TEXT NOT NULL);
+CREATE TABLE results (id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE, position INTEGER NOT NULL,
+    attack TEXT NOT NULL, name TEXT, eps REAL, robust_accuracy REAL NOT NULL, ci_low REAL,
+    ci_high REAL, n INTEGER, robust INTEGER, attacked INTEGER, seconds REAL, queries REAL,
+    params TEXT, details TEXT, correct TEXT, attacked_mask TEXT);
+CREATE INDEX results_run ON results (run_id, position);
+CREATE TABLE diagnostics (run_id INTEGER PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
+    verdict TEXT, checks TEXT NOT NULL);
+CREATE TABLE artifacts (id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE, kind TEXT NOT NULL,
+    key TEXT NOT NULL, payload TEXT NOT NULL, recorded TEXT NOT NULL, UNIQUE (run_id, kind, key));
+PRAGMA user_version = 1;
+PRAGMA journal_mode = WAL;
+INSERT INTO runs (id, study, cell, status, config, seed, train_seconds)
+    VALUES (7, 'old', 'relu', 'done', '{"epochs": 2}', 3, 1.5);
+INSERT INTO epochs VALUES (7, 0, '{"epoch": 0, "loss": 0.5}');
+"""
+
+
+def test_a_store_written_by_earlier_versions_opens_and_grows(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OLD_SQLITE_SCHEMA)
+    store = ResultsStore(f"sqlite:///{path}")  # a store URL names the same file
+    run = store.run("old", "relu")
+    assert (run["id"], run["seed"], run["train_seconds"], run["config"]) == (7, 3, 1.5,
+                                                                             {"epochs": 2})
+    assert store.epochs(7) == [{"epoch": 0, "loss": 0.5}]
+    assert store.record_run("old", "relu", config={}, config_hash=None, status="done") == 7
+    store.record_robustness(7, make_record(OUTCOMES, CLEAN))
+    assert store.delete_run("old", "relu")
+    with sqlite3.connect(path) as conn:  # the cascade of the old foreign keys still holds
+        assert [conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("runs", "epochs", "results", "evaluations")] == [0, 0, 0, 0]
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_training_label() -> None:
@@ -251,21 +346,42 @@ def test_training_label() -> None:
         "standard + incremental sparsity 0.2->0.1"
 
 
-def test_a_locked_store_waits_then_gives_a_clear_error(tmp_path: Path) -> None:
+class LockHolder:
+    """Another writer holding the store's write lock: SQLite ``BEGIN IMMEDIATE``, PostgreSQL
+    ``LOCK TABLE runs IN EXCLUSIVE MODE`` (readers still read)."""
+
+    def __init__(self, url: str) -> None:
+        if is_sqlite(url):
+            self.conn: Any = sqlite3.connect(url, isolation_level=None, check_same_thread=False)
+            self.conn.execute("BEGIN IMMEDIATE")
+        else:
+            self.conn = psycopg.connect(url)
+            self.conn.execute("LOCK TABLE runs IN EXCLUSIVE MODE")
+
+    def release(self) -> None:
+        self.conn.rollback()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def test_a_locked_store_waits_then_gives_a_clear_error(store_url: str) -> None:
     import threading
 
-    path = tmp_path / "r.sqlite"
-    ResultsStore(path)
-    waiting = ResultsStore(path, timeout=0.2)  # opening needs no lock once the schema exists
-    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    ResultsStore(store_url)
+    waiting = ResultsStore(store_url, timeout=0.2)  # opening needs no lock once the schema exists
+    holder = LockHolder(store_url)
+    release = threading.Timer(0.3, holder.release)  # released while the writer waits
     try:
         with pytest.raises(StoreError, match="stayed locked"):
             waiting.record_run("s", "a", config={}, config_hash=None, status="done")
-        assert waiting.runs() == []  # readers are not blocked by a writer (WAL)
-        threading.Timer(0.3, holder.rollback).start()  # released while the writer waits
-        run_id = ResultsStore(path, timeout=10).record_run("s", "a", config={},
-                                                           config_hash=None, status="done")
+        assert waiting.runs() == []  # readers are not blocked by a writer
+        release.start()
+        run_id = ResultsStore(store_url, timeout=10).record_run("s", "a", config={},
+                                                                config_hash=None, status="done")
     finally:
+        release.cancel()
+        if release.is_alive():
+            release.join()
         holder.close()
-    assert ResultsStore(path).run("s", "a")["id"] == run_id
+    assert ResultsStore(store_url).run("s", "a")["id"] == run_id

@@ -30,6 +30,14 @@ def add_study_arguments(p: argparse.ArgumentParser, study_help: str, cell_help: 
     p.add_argument("--list", action="store_true", help="list the cells and their status")
 
 
+def add_store_argument(p: argparse.ArgumentParser) -> None:
+    """``--store URL``: the results store, when it is not the study directory's results.sqlite."""
+    p.add_argument("--store", metavar="URL",
+                   help="results store: a path, sqlite:///PATH or "
+                        "postgresql://USER@HOST:PORT/DATABASE for writers on many hosts "
+                        "(default: <study dir>/results.sqlite; see docs/store.md)")
+
+
 def report_failed(failed: list[str]) -> int:
     """Exit status of a study run: 1 (and the cells named on stderr) when some cells failed."""
     if failed:

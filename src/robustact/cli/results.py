@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from robustact.cli.common import add_command
+from robustact.cli.common import add_command, add_store_argument
 from robustact.errors import ConfigError
 
 STUDY_HELP = "study YAML file, study directory or results.sqlite file"
@@ -17,23 +17,27 @@ def add_results_parsers(sub: Any) -> None:
     res = add_command(sub, "results", "list, show or export a study's stored results",
                       "examples:\n  robustact results list configs/demo.yaml\n"
                       "  robustact results show runs/demo relu\n"
-                      "  robustact results export runs/demo --format markdown\n")
+                      "  robustact results export runs/demo --format markdown\n"
+                      "  robustact results list configs/demo.yaml --store "
+                      "postgresql://me@db-host:5432/studies\n")
     res.add_argument("action", choices=("list", "show", "export"))
     res.add_argument("study", help=STUDY_HELP)
     res.add_argument("cell", nargs="?", help="cell id (show)")
     res.add_argument("--format", default="markdown", choices=("csv", "json", "markdown"))
+    add_store_argument(res)
     rep = add_command(sub, "report", "write report.md and report.html from stored results",
                       "examples:\n  robustact report configs/demo.yaml\n"
                       "  robustact report runs/demo --out /tmp/report\n")
     rep.add_argument("study", help=STUDY_HELP)
     rep.add_argument("--out", help="report directory (default: <study dir>/report)")
+    add_store_argument(rep)
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     """List a study's runs, show one cell's rows as JSON, or export the store."""
     from robustact.study.stores import open_study_store
 
-    store, name, _ = open_study_store(args.study)
+    store, name, _ = open_study_store(args.study, store=args.store)
     if args.action == "list":
         for run in store.runs(name):
             print(f"{run['cell']:<24}{run['status']:<9}{run.get('device') or '':<8}"
@@ -58,7 +62,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from robustact.report import write_report
     from robustact.study.stores import open_study_store
 
-    store, name, root = open_study_store(args.study)
+    store, name, root = open_study_store(args.study, store=args.store)
     md, html = write_report(store, name, Path(args.out) if args.out else root / "report")
     print(f"report: {html}\n        {md}")
     return 0

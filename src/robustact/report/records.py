@@ -83,7 +83,7 @@ def load_records(store: ResultsStore, study: str) -> list[RunRecords]:
     runs = store.runs(study)
     if not runs:
         known = ", ".join(store.studies()) or "none"
-        raise ConfigError(f"results store {store.path} has no runs of study {study!r}; "
+        raise ConfigError(f"results store {store} has no runs of study {study!r}; "
                           f"studies: {known}")
     return [RunRecords(run, store.evaluation(run["id"]), store.results(run_id=run["id"]),
                        store.diagnostics(run["id"]), store.epochs(run["id"]),

@@ -1,6 +1,6 @@
-"""The results store: every training run and evaluation of a study as rows of one SQLite file.
+"""The results store: every training run and evaluation of a study as rows of one database.
 
-    store = ResultsStore("runs/results.sqlite")
+    store = ResultsStore("runs/results.sqlite")        # or "postgresql://me@db-host:5432/studies"
     run_id = store.record_run("kaf_fmnist", "relu", config=cfg.to_dict(),
                               config_hash=cfg.hash(), status="running", seed=cfg.seed)
     store.record_epochs(run_id, history)               # the rows of metrics.jsonl
@@ -8,12 +8,11 @@
     store.record_run("kaf_fmnist", "relu", ..., status="done", train_seconds=812.4)
     print(store.export("kaf_fmnist", format="csv"))     # markdown: robustact.report
 
-Several processes may write to one store at once (e.g. one study runner per GPU): the file is in
-WAL mode, each write is one short ``BEGIN IMMEDIATE`` transaction on a fresh connection, and a
-write that finds the database locked waits (``busy_timeout``) and is retried with backoff until
-``timeout`` seconds have passed. A commit is durable (``synchronous=FULL``).
-
-Schema (version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version``):
+The store is a SQLite file (the embedded default: a path or ``sqlite:///PATH``) or a PostgreSQL
+database (``postgresql://USER@HOST:PORT/DATABASE``), for writers on many hosts; see
+:mod:`robustact.results.url`. Both hold the same tables (:mod:`robustact.results.schema`). Many
+processes may write at once: each write is one short transaction, rerun while another writer
+holds the store, for up to ``timeout`` seconds (:mod:`robustact.results.connection`).
 
 - ``runs``: one row per (study, cell); re-recording a cell updates its row and keeps its id.
   ``config`` is JSON; ``code_version`` is robustact's version and ``git_commit`` the commit of
@@ -39,118 +38,42 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
-import random
-import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from robustact.errors import ConfigError, RobustactError
+import sqlalchemy as sa
 
-SCHEMA_VERSION = 1
+from robustact.errors import ConfigError
+from robustact.results import schema
+from robustact.results.connection import StoreError, transact
+from robustact.results.rows import (
+    CLEAN,
+    WORST_CASE,
+    as_float,
+    as_int,
+    dumps,
+    evaluation_rows,
+    now,
+    row_dict,
+)
+from robustact.results.schema import SCHEMA_VERSION
+from robustact.results.url import store_address
+
+__all__ = ["CLEAN", "EXPORT_COLUMNS", "SCHEMA_VERSION", "WORST_CASE", "ResultsStore",
+           "StoreError", "environment", "format_eps", "git_commit", "training_label"]
+
 STATUSES = ("running", "done", "failed")
 EXPORT_FORMATS = ("csv", "json")  # markdown: robustact.report.results_tables
-CLEAN = "clean"
-WORST_CASE = "worst_case"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY,
-    study TEXT NOT NULL,
-    cell TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')),
-    error TEXT,
-    config TEXT NOT NULL,
-    config_hash TEXT,
-    code_version TEXT,
-    git_commit TEXT,
-    seed INTEGER,
-    python_version TEXT,
-    torch_version TEXT,
-    numpy_version TEXT,
-    device TEXT,
-    started TEXT,
-    finished TEXT,
-    train_seconds REAL,
-    eval_seconds REAL,
-    UNIQUE (study, cell)
-);
-CREATE TABLE IF NOT EXISTS epochs (
-    run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-    epoch INTEGER NOT NULL,
-    metrics TEXT NOT NULL,
-    PRIMARY KEY (run_id, epoch)
-);
-CREATE TABLE IF NOT EXISTS evaluations (
-    run_id INTEGER PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
-    checkpoint TEXT,
-    model TEXT,
-    activation TEXT,
-    act_kwargs TEXT,
-    dataset TEXT,
-    split TEXT,
-    n INTEGER,
-    eps_list TEXT,
-    n_samples INTEGER,
-    sequential INTEGER,
-    seconds REAL,
-    clean_accuracy REAL,
-    clean_correct TEXT,
-    evaluate_hash TEXT,
-    recorded TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS results (
-    id INTEGER PRIMARY KEY,
-    run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-    position INTEGER NOT NULL,
-    attack TEXT NOT NULL,
-    name TEXT,
-    eps REAL,
-    robust_accuracy REAL NOT NULL,
-    ci_low REAL,
-    ci_high REAL,
-    n INTEGER,
-    robust INTEGER,
-    attacked INTEGER,
-    seconds REAL,
-    queries REAL,
-    params TEXT,
-    details TEXT,
-    correct TEXT,
-    attacked_mask TEXT
-);
-CREATE INDEX IF NOT EXISTS results_run ON results (run_id, position);
-CREATE TABLE IF NOT EXISTS diagnostics (
-    run_id INTEGER PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
-    verdict TEXT,
-    checks TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS artifacts (
-    id INTEGER PRIMARY KEY,
-    run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-    kind TEXT NOT NULL,
-    key TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    recorded TEXT NOT NULL,
-    UNIQUE (run_id, kind, key)
-);
-"""
 
 T = TypeVar("T")
 
 if TYPE_CHECKING:  # the record type loads robustact.eval (and torch): only where it is used
     from robustact.eval.record import EvalRecord
-
-
-class StoreError(RobustactError):
-    """The results store cannot be used (locked for too long, newer schema, not a store)."""
 
 
 # --- provenance ----------------------------------------------------------------------------
@@ -182,11 +105,6 @@ def environment() -> dict[str, str | None]:
     return {"code_version": __version__, "git_commit": git_commit(),
             "python_version": sys.version.split()[0], "torch_version": version("torch"),
             "numpy_version": version("numpy")}
-
-
-def now() -> str:
-    """The current UTC time, ISO 8601 with seconds."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def training_label(config: Mapping[str, Any] | None) -> str:
@@ -223,143 +141,66 @@ def format_eps(eps: float) -> str:
     return short
 
 
-# --- JSON helpers --------------------------------------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    """``json.dumps`` fallback: paths as strings, tensors and numpy numbers as Python values."""
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    if isinstance(value, set | frozenset):
-        return sorted(value)
-    raise TypeError(f"cannot store a {type(value).__name__} as JSON: {value!r}")
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=_plain)
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def _bits(values: Sequence[Any] | None) -> str | None:
-    if values is None:
-        return None
-    return "".join("1" if v else "0" for v in values)
-
-
-def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _int(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
 # --- the store -----------------------------------------------------------------------------
 
 
 class ResultsStore:
     """A study's runs, training histories, robustness results, diagnostics and plot data in
-    one SQLite file (see the module docstring). ``timeout``: seconds a write may wait for
-    other writers before :class:`StoreError` is raised."""
+    one SQLite file or PostgreSQL database (see the module docstring). ``target``: a path or a
+    store URL; ``timeout``: seconds a write may wait for other writers before
+    :class:`StoreError` is raised."""
 
-    def __init__(self, path: str | Path, *, timeout: float = 120.0) -> None:
-        self.path = Path(path)
+    def __init__(self, target: str | Path, *, timeout: float = 120.0) -> None:
+        self.address = store_address(target)
+        self.path = self.address.path  # the SQLite file; None for PostgreSQL
+        self.location = self.address.location  # the path, or the URL without its password
         self.timeout = float(timeout)
-        if self.path.exists() and self.path.is_dir():
-            raise ConfigError(f"results store {self.path} is a directory; give a file path, "
-                              "e.g. runs/results.sqlite")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._retry(self._set_wal)
-        version = self._retry(lambda conn: conn.execute("PRAGMA user_version").fetchone()[0])
+        if self.path is not None:
+            if self.path.is_dir():
+                raise ConfigError(f"results store {self.path} is a directory; give a file path, "
+                                  "e.g. runs/results.sqlite")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        version = transact(self.address, schema.schema_version, mode="read",
+                           timeout=self.timeout, opened=False)
         if version != SCHEMA_VERSION:  # the write lock only when there is something to do
-            self._write(self._create_schema)
+            self._transact(self._create_schema, "schema")
 
     def __repr__(self) -> str:
-        return f"ResultsStore({str(self.path)!r})"
+        return f"ResultsStore({self.location!r})"
 
-    # connection handling ------------------------------------------------------------------
+    def __str__(self) -> str:
+        return self.location
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA synchronous = FULL")
-        return conn
+    # transactions -------------------------------------------------------------------------
 
-    def _retry(self, work: Callable[[sqlite3.Connection], T], begin: str | None = None) -> T:
-        """Run ``work`` on a fresh connection, inside ``begin`` ... COMMIT when given; retry
-        from the start while the database is locked or busy, up to ``timeout`` seconds."""
-        deadline = time.monotonic() + self.timeout
-        delay = 0.005
-        while True:
-            try:
-                conn = self._connect()
-            except sqlite3.DatabaseError as exc:
-                raise StoreError(f"cannot open results store {self.path}: {exc}") from None
-            try:
-                if begin:
-                    conn.execute(begin)
-                result = work(conn)
-                if begin:
-                    conn.execute("COMMIT")
-                return result
-            except sqlite3.OperationalError as exc:
-                if conn.in_transaction:
-                    conn.rollback()
-                message = str(exc).lower()
-                if "locked" not in message and "busy" not in message:
-                    raise
-                if time.monotonic() > deadline:
-                    raise StoreError(f"results store {self.path} stayed locked by another "
-                                     f"process for {self.timeout:g} s; retry, or raise the "
-                                     "timeout") from None
-                time.sleep(delay * (1 + random.random()))
-                delay = min(2 * delay, 0.25)
-            except sqlite3.DatabaseError as exc:
-                if conn.in_transaction:
-                    conn.rollback()
-                raise StoreError(f"results store {self.path} is not usable: {exc}") from None
-            except BaseException:
-                if conn.in_transaction:
-                    conn.rollback()
-                raise
-            finally:
-                conn.close()
+    def _transact(self, work: Callable[[sa.Connection], T], mode: str) -> T:
+        return transact(self.address, work, mode=mode, timeout=self.timeout)
 
-    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        return self._retry(work, "BEGIN IMMEDIATE")
+    def _write(self, work: Callable[[sa.Connection], T]) -> T:
+        return self._transact(work, "write")
 
-    def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        return self._retry(work, "BEGIN")  # one snapshot for all the SELECTs of ``work``
+    def _read(self, work: Callable[[sa.Connection], T]) -> T:
+        return self._transact(work, "read")  # one snapshot for all the SELECTs of ``work``
 
-    @staticmethod
-    def _set_wal(conn: sqlite3.Connection) -> None:
-        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
-
-    def _create_schema(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    def _create_schema(self, conn: sa.Connection) -> None:
+        if conn.dialect.name != "sqlite":  # first writers of a new database take turns
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(schema.SCHEMA_LOCK)))
+        version = schema.schema_version(conn)
         if version > SCHEMA_VERSION:
-            raise StoreError(f"results store {self.path} has schema version {version}, newer "
-                             f"than this robustact's {SCHEMA_VERSION}; upgrade robustact")
+            raise StoreError(f"results store {self.location} has schema version {version}, "
+                             f"newer than this robustact's {SCHEMA_VERSION}; upgrade robustact")
+        if version == 0 and conn.dialect.name != "sqlite" and schema.foreign_tables(conn):
+            raise StoreError(f"results store {self.location} already has tables named "
+                             f"{', '.join(schema.foreign_tables(conn))} that robustact did not "
+                             "create; give an empty database (createdb NAME)")
         if version < SCHEMA_VERSION:
-            # statement by statement: executescript would commit the open transaction
-            for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            schema.create_schema(conn)
 
-    def _check_run(self, conn: sqlite3.Connection, run_id: int) -> None:
-        if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
-            raise ConfigError(f"results store {self.path} has no run {run_id}; record the run "
-                              "with record_run first")
+    def _check_run(self, conn: sa.Connection, run_id: int) -> None:
+        runs = schema.runs
+        if conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id)).first() is None:
+            raise ConfigError(f"results store {self.location} has no run {run_id}; record the "
+                              "run with record_run first")
 
     # writing ------------------------------------------------------------------------------
 
@@ -385,25 +226,15 @@ class ResultsStore:
             raise ConfigError("a run needs a study name and a cell id")
         if hasattr(config, "to_dict"):
             config = config.to_dict()
-        config = dict(config or {})
         stamp = now()
         row = {
             "study": str(study), "cell": str(cell), "status": status, "error": error,
-            "config": _dumps(config), "config_hash": config_hash, "seed": _int(seed),
-            "device": device, "train_seconds": _float(train_seconds),
-            "eval_seconds": _float(eval_seconds), "started": stamp,
+            "config": dumps(dict(config or {})), "config_hash": config_hash,
+            "seed": as_int(seed), "device": device, "train_seconds": as_float(train_seconds),
+            "eval_seconds": as_float(eval_seconds), "started": stamp,
             "finished": None if status == "running" else stamp, **environment(),
         }
-        columns = ", ".join(row)
-        values = ", ".join(f":{k}" for k in row)
-        keep = {"device", "seed", "train_seconds", "eval_seconds"}
-        updates = [f"{k} = COALESCE(excluded.{k}, runs.{k})" if k in keep else f"{k} = excluded.{k}"
-                   for k in row if k not in ("study", "cell", "started")]
-        updates.append("started = CASE WHEN excluded.status = 'running' "
-                       "OR runs.status != 'running' THEN excluded.started ELSE runs.started END")
-        sql = (f"INSERT INTO runs ({columns}) VALUES ({values}) ON CONFLICT (study, cell) "
-               f"DO UPDATE SET {', '.join(updates)} RETURNING id")
-        return self._write(lambda conn: int(conn.execute(sql, row).fetchone()[0]))
+        return self._write(lambda conn: int(conn.execute(_upsert_run(conn, row)).scalar_one()))
 
     def record_epochs(self, run_id: int, rows: Iterable[Mapping[str, Any]]) -> None:
         """Replace the training history of run ``run_id`` by ``rows`` (the rows of
@@ -415,16 +246,15 @@ class ResultsStore:
             epoch = row.get("epoch", i)
             if isinstance(epoch, bool) or not isinstance(epoch, int | float) or epoch != int(epoch):
                 raise ConfigError(f"epoch row {i} has a non-integer epoch {epoch!r}")
-            records.append((run_id, int(epoch), _dumps(row)))
-        epochs = [r[1] for r in records]
-        if len(set(epochs)) != len(epochs):
+            records.append({"run_id": run_id, "epoch": int(epoch), "metrics": dumps(row)})
+        if len({r["epoch"] for r in records}) != len(records):
             raise ConfigError(f"run {run_id}: duplicate epochs in the training history")
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: sa.Connection) -> None:
             self._check_run(conn, run_id)
-            conn.execute("DELETE FROM epochs WHERE run_id = ?", (run_id,))
-            conn.executemany("INSERT INTO epochs (run_id, epoch, metrics) VALUES (?, ?, ?)",
-                             records)
+            conn.execute(schema.epochs.delete().where(schema.epochs.c.run_id == run_id))
+            if records:
+                conn.execute(schema.epochs.insert(), records)
 
         self._write(work)
 
@@ -435,22 +265,20 @@ class ResultsStore:
         from robustact.eval.record import EvalRecord
 
         record = EvalRecord.from_dict(record)
-        evaluation, results = _evaluation_rows(run_id, record)
+        evaluation, results = evaluation_rows(run_id, record)
         diagnostics = record.diagnostics
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: sa.Connection) -> None:
             self._check_run(conn, run_id)
-            for table in ("results", "evaluations", "diagnostics"):
-                conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
-            conn.execute(f"INSERT INTO evaluations ({', '.join(evaluation)}) VALUES "
-                         f"({', '.join(':' + k for k in evaluation)})", evaluation)
+            for table in (schema.results, schema.evaluations, schema.diagnostics):
+                conn.execute(table.delete().where(table.c.run_id == run_id))
+            conn.execute(schema.evaluations.insert(), evaluation)
             if results:
-                conn.executemany(f"INSERT INTO results ({', '.join(results[0])}) VALUES "
-                                 f"({', '.join(':' + k for k in results[0])})", results)
+                conn.execute(schema.results.insert(), results)
             if diagnostics:
-                conn.execute("INSERT INTO diagnostics (run_id, verdict, checks) VALUES (?, ?, ?)",
-                             (run_id, diagnostics.get("verdict"),
-                              _dumps(diagnostics.get("checks") or [])))
+                conn.execute(schema.diagnostics.insert(), {
+                    "run_id": run_id, "verdict": diagnostics.get("verdict"),
+                    "checks": dumps(diagnostics.get("checks") or [])})
 
         self._write(work)
 
@@ -461,100 +289,92 @@ class ResultsStore:
         if not kind or not isinstance(kind, str) or not isinstance(key, str):
             raise ConfigError(f"an artifact needs a kind and a key (strings), got {kind!r}, "
                               f"{key!r}")
-        text = _dumps(payload)
+        row = {"run_id": run_id, "kind": kind, "key": key, "payload": dumps(payload),
+               "recorded": now()}
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: sa.Connection) -> None:
             self._check_run(conn, run_id)
-            conn.execute("INSERT INTO artifacts (run_id, kind, key, payload, recorded) VALUES "
-                         "(?, ?, ?, ?, ?) ON CONFLICT (run_id, kind, key) DO UPDATE SET "
-                         "payload = excluded.payload, recorded = excluded.recorded",
-                         (run_id, kind, key, text, now()))
+            insert = schema.upsert(conn, schema.artifacts).values(row)
+            conn.execute(insert.on_conflict_do_update(
+                index_elements=["run_id", "kind", "key"],
+                set_={"payload": insert.excluded.payload, "recorded": insert.excluded.recorded}))
 
         self._write(work)
 
     def delete_run(self, study: str, cell: str) -> bool:
         """Remove a run and everything recorded for it; returns whether it existed."""
-        return self._write(lambda conn: conn.execute(
-            "DELETE FROM runs WHERE study = ? AND cell = ?", (study, cell)).rowcount > 0)
+        return self._write(lambda conn: conn.execute(schema.runs.delete().where(
+            schema.runs.c.study == study, schema.runs.c.cell == cell)).rowcount > 0)
 
     # reading ------------------------------------------------------------------------------
 
     def studies(self) -> list[str]:
         """The names of the studies with recorded runs, sorted."""
-        return self._read(lambda conn: [r[0] for r in conn.execute(
-            "SELECT DISTINCT study FROM runs ORDER BY study")])
+        return self._read(lambda conn: list(conn.execute(
+            sa.select(schema.runs.c.study).distinct().order_by(schema.runs.c.study)).scalars()))
 
     def runs(self, study: str | None = None) -> list[dict[str, Any]]:
         """Every run (of ``study``), in recording order; ``config`` as a dict."""
-        sql = "SELECT * FROM runs" + (" WHERE study = ?" if study is not None else "")
-        args = (study,) if study is not None else ()
-        return self._read(lambda conn: [_run_dict(r) for r in
-                                        conn.execute(sql + " ORDER BY id", args)])
+        runs = schema.runs
+        query = sa.select(runs).order_by(runs.c.id)
+        if study is not None:
+            query = query.where(runs.c.study == study)
+        return self._read(lambda conn: [row_dict(r, "config") for r in conn.execute(query)])
 
     def run(self, study: str, cell: str) -> dict[str, Any] | None:
         """The run of ``cell`` in ``study``, or None."""
+        runs = schema.runs
         row = self._read(lambda conn: conn.execute(
-            "SELECT * FROM runs WHERE study = ? AND cell = ?", (study, cell)).fetchone())
-        return None if row is None else _run_dict(row)
+            sa.select(runs).where(runs.c.study == study, runs.c.cell == cell)).first())
+        return None if row is None else row_dict(row, "config")
 
     def epochs(self, run_id: int) -> list[dict[str, Any]]:
         """The training history of run ``run_id``: one metrics dict per epoch, in order."""
-        return self._read(lambda conn: [json.loads(r[0]) for r in conn.execute(
-            "SELECT metrics FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,))])
+        table = schema.epochs
+        query = sa.select(table.c.metrics).where(table.c.run_id == run_id).order_by(table.c.epoch)
+        return self._read(lambda conn: [json.loads(m) for m in conn.execute(query).scalars()])
 
     def evaluation(self, run_id: int) -> dict[str, Any] | None:
         """What the last evaluation of run ``run_id`` covered (model, dataset, n, eps_list,
         clean accuracy, ...), or None when it was not evaluated."""
         row = self._read(lambda conn: conn.execute(
-            "SELECT * FROM evaluations WHERE run_id = ?", (run_id,)).fetchone())
+            sa.select(schema.evaluations).where(schema.evaluations.c.run_id == run_id)).first())
         if row is None:
             return None
-        out = dict(row)
-        out["act_kwargs"] = _loads(out["act_kwargs"])
-        out["eps_list"] = _loads(out["eps_list"])
+        out = row_dict(row, "act_kwargs", "eps_list")
         out["sequential"] = None if out["sequential"] is None else bool(out["sequential"])
         return out
 
     def diagnostics(self, run_id: int) -> dict[str, Any] | None:
         """``{"verdict": ..., "checks": [...]}`` of run ``run_id``'s evaluation, or None."""
+        table = schema.diagnostics
         row = self._read(lambda conn: conn.execute(
-            "SELECT verdict, checks FROM diagnostics WHERE run_id = ?", (run_id,)).fetchone())
+            sa.select(table.c.verdict, table.c.checks).where(table.c.run_id == run_id)).first())
         return None if row is None else {"verdict": row[0], "checks": json.loads(row[1])}
 
     def results(self, study: str | None = None, *,
                 run_id: int | None = None) -> list[dict[str, Any]]:
         """Result rows (of ``study`` and/or ``run_id``) with their run's study and cell:
         attack, eps, robust_accuracy, ci_low, ci_high, n, robust, ... in recording order."""
-        where, args = [], []
+        table, runs = schema.results, schema.runs
+        query = (sa.select(runs.c.study, runs.c.cell, *[c for c in table.c if c.name != "id"])
+                 .join_from(table, runs, runs.c.id == table.c.run_id)
+                 .order_by(runs.c.id, table.c.position))
         if study is not None:
-            where.append("runs.study = ?")
-            args.append(study)
+            query = query.where(runs.c.study == study)
         if run_id is not None:
-            where.append("results.run_id = ?")
-            args.append(run_id)
-        sql = ("SELECT runs.study, runs.cell, results.* FROM results JOIN runs ON runs.id = "
-               "results.run_id" + (" WHERE " + " AND ".join(where) if where else "") +
-               " ORDER BY runs.id, results.position")
-        rows = self._read(lambda conn: conn.execute(sql, args).fetchall())
-        out = []
-        for row in rows:
-            item = dict(row)
-            item.pop("id")
-            item["params"] = _loads(item["params"])
-            item["details"] = _loads(item["details"])
-            out.append(item)
-        return out
+            query = query.where(table.c.run_id == run_id)
+        return self._read(lambda conn: [row_dict(r, "params", "details")
+                                        for r in conn.execute(query)])
 
     def artifacts(self, run_id: int, kind: str | None = None) -> list[dict[str, Any]]:
         """Artifacts of run ``run_id`` (of ``kind``): dicts with kind, key, payload, recorded."""
-        sql = "SELECT kind, key, payload, recorded FROM artifacts WHERE run_id = ?"
-        args: tuple[Any, ...] = (run_id,)
+        table = schema.artifacts
+        query = (sa.select(table.c.kind, table.c.key, table.c.payload, table.c.recorded)
+                 .where(table.c.run_id == run_id).order_by(table.c.id))
         if kind is not None:
-            sql += " AND kind = ?"
-            args += (kind,)
-        rows = self._read(lambda conn: conn.execute(sql + " ORDER BY id", args).fetchall())
-        return [{"kind": r[0], "key": r[1], "payload": json.loads(r[2]), "recorded": r[3]}
-                for r in rows]
+            query = query.where(table.c.kind == kind)
+        return self._read(lambda conn: [row_dict(r, "payload") for r in conn.execute(query)])
 
     # export -------------------------------------------------------------------------------
 
@@ -573,7 +393,7 @@ class ResultsStore:
                 "error": run["error"],
                 "model": config.get("model") or evaluation.get("model"),
                 "activation": config.get("activation") or evaluation.get("activation"),
-                "act_kwargs": _dumps(config.get("act_kwargs", evaluation.get("act_kwargs"))),
+                "act_kwargs": dumps(config.get("act_kwargs", evaluation.get("act_kwargs"))),
                 "dataset": config.get("dataset") or evaluation.get("dataset"),
                 "training": training_label(config),
                 "epochs": len(history) or config.get("epochs"),
@@ -619,56 +439,19 @@ EXPORT_COLUMNS = [
     "attack", "eps", "robust_accuracy", "ci_low", "ci_high", "n", "robust", "seconds", "queries",
     "verdict",
 ]
-def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
-    out = dict(row)
-    out["config"] = _loads(out["config"])
-    return out
 
 
-def _evaluation_rows(run_id: int, record: EvalRecord) -> tuple[dict[str, Any],
-                                                              list[dict[str, Any]]]:
-    """The ``evaluations`` row and the ``results`` rows of a robustness record."""
-    evaluation = {
-        "run_id": run_id, "checkpoint": _str(record.checkpoint), "model": record.model,
-        "activation": record.activation, "act_kwargs": _dumps(record.act_kwargs),
-        "dataset": record.dataset, "split": record.split, "n": _int(record.n),
-        "eps_list": _dumps([float(e) for e in record.eps_list]),
-        "n_samples": _int(record.n_samples),
-        "sequential": None if record.sequential is None else int(record.sequential),
-        "seconds": _float(record.seconds), "clean_accuracy": _float(record.clean_accuracy),
-        "clean_correct": _bits(record.clean_correct), "evaluate_hash": record.evaluate_hash,
-        "recorded": now(),
-    }
-    return evaluation, [_result_row(run_id, position, row, record)
-                        for position, row in enumerate(record.rows)]
-
-
-def _result_row(run_id: int, position: int, row: Any, record: EvalRecord) -> dict[str, Any]:
-    """One ``results`` row: a row of the record with its attack's parameters and outcomes."""
-    if not isinstance(row, Mapping) or "attack" not in row or "robust_accuracy" not in row:
-        raise ConfigError(f"robustness row {position} lacks attack or robust_accuracy: {row!r}")
-    eps = _float(row.get("eps"))
-    attack = record.attack(row["attack"], eps)
-    details = {k: attack[k] for k in ("gradient_free", "eot", "bpda", "loss_trace",
-                                      "grad_bad_fraction", "group", "flips", "suite")
-               if k in attack}
-    accuracy = float(row["robust_accuracy"])
-    if math.isnan(accuracy):
-        raise ConfigError(f"robustness row {position} ({row['attack']}) has a NaN accuracy")
-    return {
-        "run_id": run_id, "position": position, "attack": str(row["attack"]),
-        "name": attack.get("name", row["attack"]), "eps": eps, "robust_accuracy": accuracy,
-        "ci_low": _float(row.get("ci_low")), "ci_high": _float(row.get("ci_high")),
-        "n": _int(row.get("n")), "robust": _int(row.get("robust")),
-        "attacked": _int(row.get("attacked")), "seconds": _float(row.get("seconds")),
-        "queries": _float(row.get("queries")),
-        "params": _dumps(attack["params"]) if "params" in attack else None,
-        "details": _dumps(details) if details else None,
-        "correct": (_bits(attack.get("correct")) if attack else
-                    _bits(record.clean_correct) if row["attack"] == CLEAN else None),
-        "attacked_mask": _bits(attack.get("attacked")) if attack else None,
-    }
-
-
-def _str(value: Any) -> str | None:
-    return None if value is None else str(value)
+def _upsert_run(conn: sa.Connection, row: dict[str, Any]) -> Any:
+    """INSERT the run, or UPDATE the (study, cell) row already there, RETURNING its id:
+    ``device``, ``seed`` and the timings given as None keep the stored values, ``started`` is
+    kept while a running run is recorded again as done or failed."""
+    runs = schema.runs
+    insert = schema.upsert(conn, runs).values(row)
+    new = insert.excluded
+    keep = {"device", "seed", "train_seconds", "eval_seconds"}
+    updates = {k: sa.func.coalesce(new[k], runs.c[k]) if k in keep else new[k]
+               for k in row if k not in ("study", "cell", "started")}
+    updates["started"] = sa.case((sa.or_(new.status == "running", runs.c.status != "running"),
+                                  new.started), else_=runs.c.started)
+    return insert.on_conflict_do_update(index_elements=["study", "cell"],
+                                        set_=updates).returning(runs.c.id)

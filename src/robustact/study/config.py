@@ -105,6 +105,7 @@ class StudyConfig:
     out: Path
     cells: list[Cell]
     evaluate: EvalConfig | None = None
+    store: str | None = None  # a results store path or URL (None: <out>/results.sqlite)
 
     def cell(self, cell_id: str) -> Cell:
         return find_cell(self.name, self.cells, cell_id)

@@ -107,6 +107,7 @@ class RLStudy:
     name: str
     out: Path
     cells: list[RLCell] = field(default_factory=list)
+    store: str | None = None  # a results store path or URL (None: <out>/results.sqlite)
 
     def cell(self, cell_id: str) -> RLCell:
         from robustact.study.config import find_cell
