@@ -72,7 +72,7 @@ def test_shards_are_disjoint_and_cover_the_data() -> None:
 
 def test_batch_must_split_over_processes(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "3")
-    from robustact.train import distributed
+    from robustact import distributed
 
     monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a, **k: None)
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)

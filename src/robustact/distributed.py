@@ -1,25 +1,27 @@
-"""Data-parallel training across processes (``torchrun --nproc_per_node=N``).
+"""The process group of a run over several processes (``torchrun --nproc_per_node=N``).
 
-torchrun sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; :func:`init_distributed` then joins
-the process group (NCCL on GPUs, one GPU per process; gloo on CPUs) and the training loop wraps
-the model in ``DistributedDataParallel``. Every process draws the same shuffled order and
-trains on its own shard (:class:`robustact.data.BatchLoader` ``rank``/``world_size``);
-``batch_size`` stays the global batch, split evenly over the processes, so a recipe means the
-same on 1 or 8 devices (BatchNorm statistics are per process, as usual with DDP). Rank 0 alone
-writes checkpoints, metrics and logs.
+torchrun (or a cluster launcher: :mod:`robustact.study.launch`) sets ``WORLD_SIZE``, ``RANK``
+and ``LOCAL_RANK``; :func:`init_distributed` then joins the process group (NCCL on GPUs, one
+GPU per process; gloo on CPUs). Training wraps the model in ``DistributedDataParallel``
+(:mod:`robustact.train.loop`: every process trains on its own shard of each batch, rank 0
+alone writes); evaluation splits the points across the processes
+(:mod:`robustact.eval.shards`). A single process gets a context of world size 1 whose
+collectives return at once.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from robustact.device import select_device
-from robustact.errors import ConfigError
+from robustact.errors import ConfigError, RobustactError
 
 
 @dataclass
@@ -56,9 +58,70 @@ class DistContext:
                 if isinstance(tensor, torch.Tensor):
                     dist.broadcast(tensor, 0)
 
+    def gather(self, value: Any) -> list[Any]:
+        """``value`` of every process, in rank order (``[value]`` in a single process).
+        Raises a one-line error when another process has died."""
+        if not self.enabled:
+            return [value]
+        out: list[Any] = [None] * self.world_size
+        try:
+            dist.all_gather_object(out, value)
+        except (RuntimeError, dist.DistBackendError) as exc:
+            raise PeerFailed(self.rank, exc) from None
+        return out
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value``, in every process."""
+        if not self.enabled:
+            return value
+        box = [value]
+        try:
+            dist.broadcast_object_list(box, 0)
+        except (RuntimeError, dist.DistBackendError) as exc:
+            raise PeerFailed(self.rank, exc) from None
+        return box[0]
+
+    def abort(self) -> None:
+        """Leave the group at once (after a failure): the other processes' waiting
+        collectives then fail instead of hanging."""
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+class PeerFailed(RobustactError):
+    """Another process of the group died (or hung up) while this one waited for it."""
+
+    def __init__(self, rank: int, cause: BaseException) -> None:
+        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        super().__init__(f"rank {rank}: another process of the run failed ({reason}); "
+                         "rerun the same command to resume from the work already saved")
+
+
+def stop_on_sigterm(ctx: DistContext, what_to_do: str) -> None:
+    """In a process group, turn SIGTERM (torchrun stops every process when one fails; a
+    cluster cancels a job) into a one-line error that says ``what_to_do``."""
+    if not ctx.enabled:
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise RobustactError(f"rank {ctx.rank}: stopped by {signal.Signals(signum).name} "
+                             f"(another process of the run failed, or the job was cancelled); "
+                             f"{what_to_do}")
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def current() -> DistContext:
+    """The context of the process group this process already belongs to (world size 1 when
+    none is initialised)."""
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(),
+                           int(os.environ.get("LOCAL_RANK", "0")))
+    return DistContext()
 
 
 def init_distributed(device: str) -> tuple[DistContext, torch.device]:

@@ -21,6 +21,9 @@ examples:
       --attack square:queries=5000 --eps 0.1 --samples 32
   robustact attack --checkpoint runs/kwta01 --suite none --attack pgd:steps=40,bpda=true \\
       --attack gradest --eps 0.1 --independent
+  # the points split over 4 GPUs (or CPU processes); the result does not depend on the count,
+  # and a rerun after a failure resumes from the blocks already finished
+  torchrun --nproc-per-node 4 -m robustact attack --checkpoint runs/kwta01 --eps 8/255
 """
 
 
@@ -39,7 +42,8 @@ def add_attack_parser(sub: Any) -> None:
                         "bpda=true wrap the model")
     p.add_argument("--eps", required=True, help="comma-separated eps on the [0, 1] scale")
     p.add_argument("--norm", choices=("linf", "l2"), help="norm for every attack (default linf)")
-    p.add_argument("--n", type=int, default=1000, help="number of test examples (default 1000)")
+    p.add_argument("-n", "--n", type=int, default=1000,
+                   help="number of test examples (default 1000; spell it -n under torchrun)")
     p.add_argument("--samples", type=int, default=None,
                    help="forward passes averaged per prediction (default: 1 for a deterministic "
                         "model, as many as a stable decision needs for a randomized one)")
@@ -48,6 +52,11 @@ def add_attack_parser(sub: Any) -> None:
                         "(default: each attack only on the points still robust)")
     p.add_argument("--no-diagnostics", dest="diagnostics", action="store_false")
     p.add_argument("--probe-size", type=int, default=200, help="examples used by diagnostics")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation's randomness "
+                   "(each block of points is seeded from it and its place; default 0)")
+    p.add_argument("--block", type=int, default=256,
+                   help="points per block: the unit that is seeded, split over processes and "
+                        "saved for resuming (default 256)")
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto")
@@ -70,37 +79,67 @@ def _suite_and_specs(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    """Attack the checkpoint, write the result files, print the tables."""
-    import time
-    from pathlib import Path
+    """Attack the checkpoint (split over the processes of a torchrun group), write the result
+    files, print the tables."""
+    from robustact.distributed import init_distributed
 
-    from robustact.eval.checkpoint import attack_checkpoint, write_robustness
+    config = _config(args)
+    ctx, device = init_distributed(args.device)
+    try:
+        return _attack(args, config, str(device), ctx.is_main)
+    finally:
+        ctx.close()
+
+
+def _config(args: argparse.Namespace) -> Any:
     from robustact.eval.config import EvalConfig
 
     suite, specs = _suite_and_specs(args)
     if args.samples is not None and args.samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {args.samples}")
-    config = EvalConfig.from_dict(
+    return EvalConfig.from_dict(
         {"eps": eps_list(args.eps), "n": args.n, "suite": suite or "none", "attacks": specs,
          "split": args.split, "norm": args.norm, "samples": args.samples,
          "independent": args.independent, "diagnose": args.diagnostics,
-         "probe_size": args.probe_size}, "robustact attack")
+         "probe_size": args.probe_size, "seed": args.seed, "block": args.block},
+        "robustact attack")
+
+
+def _attack(args: argparse.Namespace, config: Any, device: str, main: bool) -> int:
+    """Evaluate; rank 0 alone writes and prints. Finished blocks are kept under the run's
+    ``shards/`` until the result files are written."""
+    import sys
+    import time
+    from pathlib import Path
+
     from tqdm.auto import tqdm
 
-    bar = tqdm(unit="attack", disable=None)
+    from robustact.distributed import current, stop_on_sigterm
+    from robustact.eval.checkpoint import attack_checkpoint, shard_dir, write_robustness
+
+    ckpt = Path(args.checkpoint)
+    run_dir = ckpt if ckpt.is_dir() else ckpt.parent
+    shards = shard_dir(run_dir / "shards", ckpt, config)
+    if main and shards.saved():
+        print(f"resuming: {len(shards.saved())} finished block(s) read back from {shards.path}",
+              file=sys.stderr)
+    stop_on_sigterm(current(), f"rerun the same command to resume from the finished blocks "
+                               f"in {shards.path}")
+    bar = tqdm(unit="attack", disable=None if main else True)
 
     def progress(message: str) -> None:  # called as each attack starts
         bar.update(1)
         bar.set_description(message)
 
-    record, report = attack_checkpoint(args.checkpoint, config, device=args.device,
-                                       data_dir=args.data_dir, progress=progress)
+    record, report = attack_checkpoint(ckpt, config, device=device, data_dir=args.data_dir,
+                                       progress=progress, shards=shards)
     bar.close()
-    ckpt = Path(args.checkpoint)
-    run_dir = ckpt if ckpt.is_dir() else ckpt.parent
+    if not main:
+        return 0
     stem = Path(args.out) if args.out else run_dir / f"robustness-{time.strftime('%Y%m%d-%H%M%S')}"
     write_robustness(record, report, stem)
-    _print_report(record, report, suite, args.independent)
+    shards.remove()
+    _print_report(record, report, config.suite, args.independent)
     print(f"results: {stem.with_suffix('.json')} and {stem.with_suffix('.csv')}")
     return 0
 

@@ -5,11 +5,26 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from robustact.cli.common import add_command, add_study_arguments, report_failed
+from robustact.cli.common import (
+    add_command,
+    add_store_argument,
+    add_study_arguments,
+    report_failed,
+)
 
 RUN_EXAMPLE = ("examples:\n  robustact run configs/kaf_fmnist.yaml\n"
                "  robustact run configs/kaf_fmnist.yaml --cell kaf_relu\n"
-               "  robustact run configs/kaf_fmnist.yaml --list\n")
+               "  robustact run configs/kaf_fmnist.yaml --list\n"
+               "  # one SLURM job per cell, each cell's training and evaluation over 4 GPUs\n"
+               "  robustact run configs/kaf_fmnist.yaml --launcher slurm --partition gpu "
+               "--gpus-per-cell 4\n"
+               "  robustact run configs/kaf_fmnist.yaml --status\n"
+               "  # the same on this machine (submitit's local executor), 2 CPU processes a cell\n"
+               "  robustact run configs/kaf_fmnist.yaml --launcher local "
+               "--processes-per-cell 2\n"
+               "  # one cell over this node's GPUs\n"
+               "  torchrun --nproc-per-node 4 -m robustact run configs/kaf_fmnist.yaml "
+               "--cell kaf_relu\n")
 
 
 def add_run_parser(sub: Any) -> None:
@@ -21,18 +36,91 @@ def add_run_parser(sub: Any) -> None:
                         "study directory (default: the file's out, or runs/NAME)")
     p.add_argument("--jobs", type=int, default=1,
                    help="cells in parallel processes (one per GPU when there are GPUs)")
+    add_store_argument(p)
+    add_launcher_arguments(p)
+
+
+def add_launcher_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``run --launcher`` (one submitit job per cell) and ``run --status``."""
+    g = p.add_argument_group("cluster (one job per cell, through submitit)")
+    g.add_argument("--launcher", choices=("slurm", "local"),
+                   help="submit one job per cell: slurm, or local (here, for a try)")
+    g.add_argument("--partition", help="SLURM partition (with --launcher slurm)")
+    g.add_argument("--gpus-per-cell", type=int, default=0,
+                   help="GPUs of each cell's job; its training and evaluation are split "
+                        "over them, one process each (default 0)")
+    g.add_argument("--processes-per-cell", type=int,
+                   help="processes of each cell's job (default: one per GPU, or 1)")
+    g.add_argument("--cpus-per-process", type=int, default=4, help="(default 4)")
+    g.add_argument("--timeout-min", type=int, default=24 * 60,
+                   help="time limit of each job in minutes (default 1440)")
+    g.add_argument("--wait", action="store_true",
+                   help="with --launcher slurm: wait for the jobs, then write the results "
+                        "(the local launcher always waits)")
+    g.add_argument("--status", action="store_true",
+                   help="show each cell's job and its state in the queue and in the store")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the study (or list its cells) and print its results table."""
     from robustact.study import load_any_study, run_study
     from robustact.study.runner import cell_statuses
+    from robustact.study.stores import with_store
 
-    study = load_any_study(args.study, out=args.out)
+    study = with_store(load_any_study(args.study, out=args.out), args.store)
+    if args.status:
+        return _print_status(study)
+    if args.launcher:
+        return _launch(study, args)
     if args.list:
         for cell, status, why in cell_statuses(study):
             print(f"{cell:<24}{status}{f' ({why})' if status == 'stale' else ''}")
         return 0
-    results = run_study(study, cells=args.cell or None, jobs=args.jobs)
+    from robustact.distributed import init_distributed
+
+    ctx, _ = init_distributed("auto")  # a group under torchrun, else a single process
+    try:
+        results = run_study(study, cells=args.cell or None, jobs=args.jobs,
+                            log=print if ctx.is_main else _quiet)
+    finally:
+        ctx.close()
+    if not ctx.is_main:
+        return 0
     print((study.out / "results.md").read_text())
     return report_failed([r.id for r in results if r.status != "done"])
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _launch(study: Any, args: argparse.Namespace) -> int:
+    """Submit one job per cell; with the local launcher (or --wait) wait, then tabulate."""
+    from robustact.study.launch import Launch, launch
+    from robustact.study.runner import write_exports
+
+    config = Launch(args.launcher, partition=args.partition,
+                    gpus_per_cell=args.gpus_per_cell,
+                    processes_per_cell=args.processes_per_cell,
+                    cpus_per_process=args.cpus_per_process, timeout_min=args.timeout_min)
+    wait = True if args.wait else None
+    launch(study, config, cells=args.cell or None, wait=wait)
+    if args.launcher == "slurm" and not args.wait:
+        print(f"submitted; follow with: robustact run {args.study} --status")
+        return 0
+    write_exports(study)
+    print((study.out / "results.md").read_text())
+    return _print_status(study)
+
+
+def _print_status(study: Any) -> int:
+    """The queue table; exit status 1 when a cell's job failed or its cell failed."""
+    from robustact.study.launch import queue_status
+
+    rows = queue_status(study)
+    print(f"{'cell':<24}{'job':<14}{'queue':<16}store")
+    for cell, job, state, status in rows:
+        print(f"{cell:<24}{job:<14}{state:<16}{status}")
+    failed = [cell for cell, _, state, status in rows
+              if status == "failed" or state in ("FAILED", "INTERRUPTED", "CANCELLED")]
+    return report_failed(failed)

@@ -3,8 +3,13 @@
 Shared by ``robustact attack`` and the study runner (``robustact run``)::
 
     config = EvalConfig.from_dict({"eps": [0.1], "n": 1000, "attacks": ["pgd:steps=40"]})
-    record, report = attack_checkpoint("runs/demo", config)
+    shards = shard_dir("runs/demo", config)          # finished blocks, read back by a rerun
+    record, report = attack_checkpoint("runs/demo", config, shards=shards)
     write_robustness(record, report, Path("runs/demo/robustness"))   # .json and .csv exports
+    shards.remove()
+
+Under torchrun every process calls it; the points are split over the processes
+(:mod:`robustact.eval.shards`) and each process gets the whole record back.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from robustact.eval.config import EvalConfig
 from robustact.eval.outcomes import RobustnessReport
 from robustact.eval.record import EvalRecord
 from robustact.eval.robustness import AttackSpec, collect, evaluate
+from robustact.eval.shards import ShardDir
 from robustact.files import atomic_path, write_json
+from robustact.options import short_hash
 
 
 def attack_checkpoint(
@@ -29,10 +36,12 @@ def attack_checkpoint(
     data_dir: str | None = None,
     defense: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
+    shards: ShardDir | None = None,
 ) -> tuple[EvalRecord, RobustnessReport]:
     """Load ``checkpoint`` (file or run directory), evaluate the first ``config.n`` images of
     its dataset's ``config.split`` under ``config``; returns (record, report). ``defense``
-    (``{"defense": "sap", "frac": 1.0}``) is applied post hoc before evaluating."""
+    (``{"defense": "sap", "frac": 1.0}``) is applied post hoc before evaluating; finished
+    blocks of points are saved in (and read back from) ``shards``."""
     specs = [AttackSpec.parse(a) for a in config.attacks]
     if config.norm:
         for spec in specs:
@@ -42,12 +51,32 @@ def attack_checkpoint(
                       suite=config.suite, norm=config.norm or "linf",
                       n_samples=config.samples, sequential=config.sequential,
                       diagnose=config.diagnose, probe_size=config.probe_size,
-                      progress=progress)
+                      progress=progress, seed=config.seed, block=config.block,
+                      shards=shards)
     record = EvalRecord.from_dict({
         "checkpoint": str(checkpoint), "model": meta["model"], "defense": defense,
         "activation": meta["activation"], "act_kwargs": meta.get("act_kwargs"),
         "dataset": meta["dataset"], "split": config.split, **report.to_dict()})
     return record, report
+
+
+def shard_dir(root: str | Path, checkpoint: str | Path, config: EvalConfig,
+              defense: dict[str, Any] | None = None) -> ShardDir:
+    """The folder under ``root`` for the saved blocks of evaluating ``checkpoint`` under
+    ``config``: named by what the blocks depend on (the weights file's size and time, the
+    settings, seed and block size, the defense), so a changed evaluation never reads back
+    another's blocks."""
+    from robustact.errors import CheckpointError
+    from robustact.models.checkpoint import checkpoint_file
+
+    weights = checkpoint_file(checkpoint).resolve()
+    if not weights.is_file():
+        raise CheckpointError(f"checkpoint {weights} not found; train one with `robustact train`")
+    stat = weights.stat()
+    key = short_hash({"weights": [str(weights), stat.st_size, stat.st_mtime_ns],
+                      "config": {**config.to_dict(), "calibration": None, "landscape": None},
+                      "defense": defense})
+    return ShardDir(Path(root) / key)
 
 
 def _load(checkpoint: str | Path, n: int | None, split: str, device: str,

@@ -20,6 +20,8 @@ from robustact.options import parse_eps, short_hash
 #: the evaluation every study and ``robustact attack`` get unless told otherwise
 DEFAULT_SUITE = "adaptive"
 NORMS = ("linf", "l2", "l1")
+#: points per evaluation block (robustact.eval.shards)
+BLOCK = 256
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class EvalConfig:
     ``samples``: forward passes averaged per prediction (None: as many as a stable decision
     needs). ``independent``: without a suite, each attack on every clean-correct point.
     ``calibration`` / ``landscape``: options of the optional plots (None: not drawn).
+    ``seed`` / ``block``: the points are evaluated in blocks of ``block``, each seeded from
+    (``seed``, its index) (:mod:`robustact.eval.shards`), whatever the number of processes.
     """
 
     eps: tuple[float, ...]
@@ -45,6 +49,8 @@ class EvalConfig:
     probe_size: int = 200
     calibration: dict[str, Any] | None = None
     landscape: dict[str, Any] | None = None
+    seed: int = 0
+    block: int = BLOCK
     given: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -55,6 +61,9 @@ class EvalConfig:
                               "suite: adaptive, autoattack, autoattack-rand), e.g. fgsm,pgd")
         _positive(self.n, "n")
         _positive(self.probe_size, "probe_size")
+        _positive(self.block, "block")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
         if self.samples is not None:
             _positive(self.samples, "samples")
         if self.norm is not None and self.norm not in NORMS:
@@ -79,8 +88,13 @@ class EvalConfig:
         return out
 
     def hash(self) -> str:
-        """12 hex digits identifying what this evaluation measures."""
-        return short_hash(self.to_dict())
+        """12 hex digits identifying what this evaluation measures (``seed`` and ``block``
+        count only when not at their defaults, so earlier records keep their hash)."""
+        data = self.to_dict()
+        for key, default in _HASHED_IF_SET.items():
+            if data[key] == default:
+                del data[key]
+        return short_hash(data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "evaluate") -> EvalConfig:
@@ -98,6 +112,7 @@ class EvalConfig:
             raise ConfigError(f"{where}: {exc}") from None
 
 
+_HASHED_IF_SET = {"seed": 0, "block": BLOCK}
 KEYS = {f.name for f in dataclasses.fields(EvalConfig)} - {"given"}
 
 

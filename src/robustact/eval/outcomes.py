@@ -9,7 +9,7 @@ import torch
 
 from robustact.eval.stats import wilson_interval
 
-__all__ = ["AttackOutcome", "RobustnessReport"]
+__all__ = ["AttackOutcome", "RobustnessReport", "merge_outcomes"]
 
 
 @dataclass
@@ -40,6 +40,38 @@ class AttackOutcome:
 
     def interval(self) -> tuple[float, float]:
         return wilson_interval(int(self.correct.sum()), self.correct.numel())
+
+
+def merge_outcomes(parts: list[dict[str, Any]]) -> AttackOutcome:
+    """One attack's outcome over all points from its outcomes on consecutive blocks of them
+    (``dataclasses.asdict`` of each): per-example results joined in order, times and flips
+    summed, loss traces, queries and gradient checks averaged over the attacked points."""
+    weights = [int(p["attacked"].sum()) for p in parts]
+    bad = [(p["grad_bad_fraction"], w) for p, w in zip(parts, weights, strict=True)
+           if p["grad_bad_fraction"] is not None and w]
+    return AttackOutcome(**{
+        **parts[0],
+        "correct": torch.cat([p["correct"] for p in parts]),
+        "attacked": torch.cat([p["attacked"] for p in parts]),
+        "seconds": sum(p["seconds"] for p in parts),
+        "flips": sum(p["flips"] for p in parts),
+        "queries": _weighted([(p["queries"], w) for p, w in zip(parts, weights, strict=True)]),
+        "grad_bad_fraction": _weighted(bad) if bad else None,
+        "loss_trace": _mean_trace([(p["loss_trace"], w)
+                                   for p, w in zip(parts, weights, strict=True)]),
+    })
+
+
+def _weighted(pairs: list[tuple[float, int]]) -> float:
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else 0.0
+
+
+def _mean_trace(pairs: list[tuple[list[float], int]]) -> list[float]:
+    """The attacked-point-weighted mean of the blocks' loss traces, step by step."""
+    length = max((len(trace) for trace, w in pairs if w), default=0)
+    return [_weighted([(trace[i], w) for trace, w in pairs if w and i < len(trace)])
+            for i in range(length)]
 
 
 @dataclass

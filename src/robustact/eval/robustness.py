@@ -17,6 +17,11 @@ A randomized model is judged on predictions averaged over ``n_samples`` forward 
 as many as a stable decision needs, :func:`robustact.eval.randomness.stable_samples`), twice
 with independent draws: a point is robust only if both judgings are right, and the points
 where they disagree are counted (``flips``).
+
+The points are evaluated in blocks of ``block``, each seeded from (``seed``, its index),
+spread over the processes of a torchrun group and saved in ``shards`` as they finish
+(:mod:`robustact.eval.shards`): the result does not depend on the number of processes, and a
+rerun reads the saved blocks back. The diagnostics run in rank 0 alone.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustact.distributed import current
 from robustact.errors import ConfigError
 from robustact.eval.diagnostics import diagnose as run_diagnostics
-from robustact.eval.outcomes import AttackOutcome, RobustnessReport
+from robustact.eval.outcomes import AttackOutcome, RobustnessReport, merge_outcomes
 from robustact.eval.randomness import judge, predict, stable_samples
+from robustact.eval.shards import BLOCK, Block, ShardDir, Span, run_blocks, seed_everything
 from robustact.eval.spec import AttackSpec
 
 __all__ = ["AttackOutcome", "AttackSpec", "RobustnessReport", "collect", "evaluate", "predict"]
@@ -73,16 +80,56 @@ def evaluate(
     diagnose: bool = True,
     probe_size: int = 200,
     progress: Callable[[str], None] | None = None,
+    seed: int = 0,
+    block: int = BLOCK,
+    shards: ShardDir | None = None,
 ) -> RobustnessReport:
     """Robust accuracy of ``model`` under ``suite`` and ``attacks`` at every eps (see the
     module docstring).
 
     Returns per-example correctness for every (attack, eps), the per-example worst case, robust
     accuracies with 95% Wilson intervals, timings, and (``diagnose``) the gradient-masking
-    diagnostics computed on up to ``probe_size`` examples.
+    diagnostics computed on up to ``probe_size`` examples. ``seed``, ``block``, ``shards``:
+    see the module docstring.
     """
     specs = [AttackSpec.parse(a) for a in attacks]
     suite = None if suite in (None, "none") else suite
+    eps_values = _checked(specs, suite, eps_list, n_samples)
+    start = time.perf_counter()
+    x, y = collect(data, n_examples)
+    device, ctx, was_training = next(model.parameters()).device, current(), model.training
+    model.eval()
+    try:
+        seed_everything(seed)
+        resolved, n_samples, randomized = _resolve(model, x, y, suite, norm, n_samples)
+        if resolved is not None:
+            specs = [_as_paper(s) for s in specs]
+        all_specs = (resolved.specs if resolved else []) + specs
+        _check_labels(all_specs)
+
+        def compute(span: Span) -> Block:
+            return _block(model, all_specs, eps_values, x[span.lo:span.hi],
+                          y[span.lo:span.hi].to(device), n_samples, randomized, sequential,
+                          _in_block(progress, span, block, len(y)))
+
+        blocks = run_blocks(len(y), block, seed, compute, shards=shards, ctx=ctx, log=progress)
+        clean_correct, clean_flips, outcomes = _merge(blocks)
+        report = RobustnessReport(len(y), eps_values, clean_correct, outcomes, n_samples,
+                                  sequential, 0.0, suite=resolved, randomized=randomized,
+                                  clean_flips=clean_flips)
+        if diagnose and ctx.is_main:  # the other processes' reports are not recorded
+            seed_everything(seed)
+            report.diagnostics = run_diagnostics(model, x, y, report, all_specs,
+                                                 probe_size=probe_size, n_samples=n_samples)
+    finally:
+        model.train(was_training)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _checked(specs: list[AttackSpec], suite: str | None, eps_list: Sequence[float],
+             n_samples: int | None) -> list[float]:
+    """The eps values, once the arguments of :func:`evaluate` are known to make sense."""
     if not specs and suite is None:
         raise ConfigError("give a suite (adaptive, autoattack, autoattack-rand) or at least one "
                           "attack, e.g. fgsm,pgd")
@@ -92,32 +139,36 @@ def evaluate(
     if n_samples is not None and n_samples < 1:
         raise ConfigError(f"n_samples must be >= 1 (or None: as many as a stable decision "
                           f"needs), got {n_samples}")
-    start = time.perf_counter()
-    x, y = collect(data, n_examples)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        resolved, n_samples, randomized = _resolve(model, x, y, suite, norm, n_samples)
-        if resolved is not None:
-            specs = [_as_paper(s) for s in specs]
-        all_specs = (resolved.specs if resolved else []) + specs
-        _check_labels(all_specs)
-        clean = judge(model, x, y.to(device), n_samples, randomized)
-        outcomes = [outcome for eps in eps_values
-                    for outcome in _attack_at(model, all_specs, eps, x, y, clean.correct,
-                                              n_samples, randomized, sequential, progress)]
-        report = RobustnessReport(n=len(y), eps_list=eps_values, clean_correct=clean.correct,
-                                  outcomes=outcomes, n_samples=n_samples,
-                                  sequential=sequential, seconds=0.0, suite=resolved,
-                                  randomized=randomized, clean_flips=clean.flips)
-        if diagnose:
-            report.diagnostics = run_diagnostics(model, x, y, report, all_specs,
-                                                 probe_size=probe_size, n_samples=n_samples)
-    finally:
-        model.train(was_training)
-    report.seconds = time.perf_counter() - start
-    return report
+    return eps_values
+
+
+def _block(model: nn.Module, specs: list[AttackSpec], eps_values: list[float], x: torch.Tensor,
+           y: torch.Tensor, n_samples: int, randomized: bool, sequential: bool,
+           progress: Callable[[str], None] | None) -> Block:
+    """The clean judging and every attack at every eps on one block of points."""
+    clean = judge(model, x, y, n_samples, randomized)
+    outcomes = [outcome for eps in eps_values
+                for outcome in _attack_at(model, specs, eps, x, y, clean.correct,
+                                          n_samples, randomized, sequential, progress)]
+    return {"clean": clean.correct, "clean_flips": clean.flips,
+            "outcomes": [dataclasses.asdict(o) for o in outcomes]}
+
+
+def _in_block(progress: Callable[[str], None] | None, span: Span, size: int,
+              n: int) -> Callable[[str], None] | None:
+    """Progress messages prefixed with the block, when there is more than one."""
+    if progress is None or n <= size:
+        return progress
+    total = -(-n // size)
+    return lambda message: progress(f"block {span.index + 1}/{total}: {message}")
+
+
+def _merge(blocks: list[Block]) -> tuple[torch.Tensor, int, list[AttackOutcome]]:
+    """(clean correctness, clean flips, outcomes) of all points from the blocks' results."""
+    clean = torch.cat([b["clean"] for b in blocks])
+    flips = sum(int(b["clean_flips"]) for b in blocks)
+    parts = zip(*(b["outcomes"] for b in blocks), strict=True)
+    return clean, flips, [merge_outcomes(list(p)) for p in parts]
 
 
 def _attack_at(model: nn.Module, specs: list[AttackSpec], eps: float, x: torch.Tensor,

@@ -13,11 +13,15 @@ from robustact.errors import CheckpointError
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
+def checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint file of ``path`` (a run directory or the file itself)."""
+    path = Path(path)
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a robustact checkpoint (a directory holding ``checkpoint.pt`` or the file itself)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
+    path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; train one with `robustact train`")
     try:

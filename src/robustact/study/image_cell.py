@@ -67,10 +67,12 @@ class ImageWork(CellWrapper):
             seconds = round(sum(r.get("seconds", 0) for r in history), 1) or None
         return Trained(seconds, history)
 
-    def evaluate(self, store: ResultsStore, run_id: int, log: Log) -> float:
+    def evaluate(self, store: ResultsStore | None, run_id: int | None, log: Log) -> float:
         """Evaluate the trained network (with the cell's post-hoc defense), record it and
-        export robustness.json / .csv; then the optional calibration and landscape."""
-        from robustact.eval.checkpoint import attack_checkpoint, write_robustness
+        export robustness.json / .csv; then the optional calibration and landscape. Finished
+        blocks of points wait in ``<cell>/shards`` until the record is stored; in a process
+        group every process evaluates its share and rank 0 (``store`` given) records."""
+        from robustact.eval.checkpoint import attack_checkpoint, shard_dir, write_robustness
 
         cell, config = self.cell, self.cell.evaluate
         assert config is not None  # the lifecycle evaluates only cells with settings
@@ -79,13 +81,18 @@ class ImageWork(CellWrapper):
         log(f"evaluating{defense}: {', '.join(what)} at eps {list(config.eps)} on "
             f"{config.n} images")
         start = time.perf_counter()
+        shards = shard_dir(cell.out / "shards", cell.train_dir, config, cell.posthoc)
         record, report = attack_checkpoint(cell.train_dir, config, defense=cell.posthoc,
-                                           device=cell.train.device, progress=log)
+                                           device=cell.train.device, progress=log,
+                                           shards=shards)
         seconds = round(time.perf_counter() - start, 1)
+        if store is None or run_id is None:
+            return seconds
         record.evaluate_hash, record.cell, record.posthoc = cell.evaluate_hash(), cell.id, \
             cell.posthoc
         write_robustness(record, report, cell.out / ROBUSTNESS)
         store.record_robustness(run_id, record)
+        shards.remove()
         record_artifacts(cell, store, run_id, log)
         log(f"\n{robustness_table(report)}")
         if report.diagnostics is not None:

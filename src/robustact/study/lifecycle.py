@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from robustact.distributed import DistContext, current
 from robustact.results import ResultsStore
 
 Log = Callable[[str], None]
@@ -52,7 +53,9 @@ class CellWork(Protocol):
     def train_hash(self) -> str: ...
     def evaluate_hashes(self) -> tuple[str, ...]: ...
     def train(self, log: Log) -> Trained: ...
-    def evaluate(self, store: ResultsStore, run_id: int, log: Log) -> float: ...
+    def evaluate(self, store: ResultsStore | None, run_id: int | None, log: Log) -> float:
+        """Evaluate and record (``store`` None: a follower process of a sharded
+        evaluation, which records nothing)."""
 
 
 @dataclass
@@ -81,9 +84,19 @@ class CellWrapper:
         return self.cell.train.seed
 
 
-def run_cell(store: ResultsStore, study: str, cell: CellWork, *, log: Log = print) -> CellResult:
+def run_cell(store: ResultsStore | None, study: str, cell: CellWork, *, log: Log = print,
+             ctx: DistContext | None = None) -> CellResult:
     """Train and evaluate one cell, reusing what the store says is done; a failure is
-    recorded (and its traceback written to ``error.log``), not raised."""
+    recorded (and its traceback written to ``error.log``), not raised.
+
+    In a process group (``ctx``: torchrun, or a cluster job of several tasks) every process
+    calls it: the cell trains with DDP and its evaluation is sharded; rank 0 alone holds the
+    store and decides, the others follow (``store`` None). When rank 0's cell fails, it ends
+    the group so that the others stop waiting for it."""
+    ctx = ctx or current()
+    if not ctx.is_main:
+        return _follow(cell, ctx)
+    assert store is not None, "rank 0 records the cell: give it the store"
     result = CellResult(cell.id, "failed")
     kw = dict(config=cell.run_config(), config_hash=cell.train_hash(),
               device=resolved_device(cell.device()), seed=cell.seed())
@@ -93,7 +106,7 @@ def run_cell(store: ResultsStore, study: str, cell: CellWork, *, log: Log = prin
         trained = cell.train(lambda m: log(f"[{cell.id}] {m}"))
         result.train_seconds = trained.seconds
         store.record_epochs(run_id, trained.history)
-        result.eval_seconds = _evaluate(store, run_id, cell, previous, log)
+        result.eval_seconds = _evaluate(store, run_id, cell, previous, log, ctx)
         result.status = "done"
     except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the study
         result.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -102,16 +115,30 @@ def run_cell(store: ResultsStore, study: str, cell: CellWork, *, log: Log = prin
         (cell.out / "error.log").write_text(traceback.format_exc())
     store.record_run(study, cell.id, status=result.status, error=result.error,
                      train_seconds=result.train_seconds, eval_seconds=result.eval_seconds, **kw)
+    if result.status != "done" and ctx.enabled:
+        ctx.abort()  # the other processes wait in a collective for this one
     return result
 
 
+def _follow(cell: CellWork, ctx: DistContext) -> CellResult:
+    """A process other than rank 0 of a group: train and evaluate as rank 0 decides,
+    silently; rank 0 records. Raises when rank 0 gave up (its cell failed)."""
+    def quiet(message: str) -> None:
+        pass
+
+    cell.train(quiet)
+    if cell.evaluate_hashes() and not ctx.broadcast(None):
+        cell.evaluate(None, None, quiet)
+    return CellResult(cell.id, "done")
+
+
 def _evaluate(store: ResultsStore, run_id: int, cell: CellWork,
-              previous: dict[str, Any] | None, log: Log) -> float | None:
+              previous: dict[str, Any] | None, log: Log, ctx: DistContext) -> float | None:
     """Evaluate, or reuse the stored evaluation when it has the cell's evaluation hash."""
     hashes = cell.evaluate_hashes()
     if not hashes:
         return None
-    if stored_evaluate_hash(store, run_id) in hashes:
+    if ctx.broadcast(stored_evaluate_hash(store, run_id) in hashes):
         log(f"[{cell.id}] evaluated earlier (results store)")
         return (previous or {}).get("eval_seconds")
     start = time.perf_counter()

@@ -7,7 +7,6 @@ import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
-from robustact.results import ResultsStore
 from robustact.study.lifecycle import CellResult, Log, run_cell
 
 
@@ -17,7 +16,8 @@ def _job(study: Any, cell_id: str, device: str | None, threads: int,
     import torch
 
     from robustact.device import tune_cpu_allocator
-    from robustact.study.cells import store_path, with_device, work_for
+    from robustact.study.cells import with_device, work_for
+    from robustact.study.stores import study_store
 
     if tune_allocator:  # as the parent process (the command line tunes it)
         tune_cpu_allocator()
@@ -25,7 +25,7 @@ def _job(study: Any, cell_id: str, device: str | None, threads: int,
     cell = study.cell(cell_id)
     if device is not None:
         cell = with_device(cell, device)
-    return run_cell(ResultsStore(store_path(study)), study.name, work_for(cell),
+    return run_cell(study_store(study), study.name, work_for(cell),
                     log=lambda m: print(m, flush=True))
 
 

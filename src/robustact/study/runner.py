@@ -15,11 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from robustact.distributed import current, init_distributed
 from robustact.errors import ConfigError
 from robustact.files import write_atomic, write_json
-from robustact.results import ResultsStore
-from robustact.study.cells import store_path, work_for
+from robustact.study.cells import work_for
 from robustact.study.lifecycle import CellResult, Log, cell_status, run_cell
+from robustact.study.stores import existing_study_store, study_store
 
 __all__ = ["CellResult", "cell_statuses", "run_rl_study", "run_study", "write_exports"]
 
@@ -27,8 +28,7 @@ __all__ = ["CellResult", "cell_statuses", "run_rl_study", "run_study", "write_ex
 def cell_statuses(study: Any) -> list[tuple[str, str, str | None]]:
     """(cell id, status, why) of every cell, from the store (see
     :func:`robustact.study.lifecycle.cell_status`)."""
-    path = store_path(study)
-    store = ResultsStore(path) if path.is_file() else None
+    store = existing_study_store(study)
     return [(c.id, *cell_status(store, study.name, work_for(c))) for c in study.cells]
 
 
@@ -38,13 +38,17 @@ def run_study(study: Any, *, cells: list[str] | None = None, jobs: int = 1,
 
     ``jobs`` > 1 runs cells in that many worker processes, each cell once the cells it needs
     (shared training, ``finetune_from: cell:ID``) are done; with GPUs each worker gets its own
-    GPU (cells on ``device: auto``), on a CPU the cores are split between the workers.
+    GPU (cells on ``device: auto``), on a CPU the cores are split between the workers. In a
+    process group (torchrun, a cluster job: :func:`run_in_group`) the processes run each cell
+    together instead.
     """
     chosen = [study.cell(c) for c in cells] if cells else study.cells
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    if current().enabled:
+        return _run_together(study, chosen, jobs, log)
     if jobs == 1:
-        store = ResultsStore(store_path(study))
+        store = study_store(study)
         results = []
         for i, cell in enumerate(chosen, 1):
             log(f"== cell {i}/{len(chosen)}: {cell.id}")
@@ -55,6 +59,42 @@ def run_study(study: Any, *, cells: list[str] | None = None, jobs: int = 1,
         results = run_parallel(study, chosen, jobs, log)
     write_exports(study)
     log(f"results: {Path(study.out) / 'results.md'}")
+    return results
+
+
+def run_in_group(study: Any, cell_id: str, log: Log = print) -> CellResult:
+    """One cell by every process of the group this process's environment describes
+    (torchrun's or a cluster job's variables; a single process without them)."""
+    ctx, _ = init_distributed("auto")
+    try:
+        return run_study(study, cells=[cell_id], log=log)[0]
+    finally:
+        ctx.close()
+
+
+def _run_together(study: Any, chosen: list[Any], jobs: int, log: Log) -> list[CellResult]:
+    """Each cell by all processes of the group, one device each: DDP training, sharded
+    evaluation; rank 0 records and writes the exports. The first failed cell ends the run
+    (rank 0 leaves the group)."""
+    from robustact.study.cells import with_device
+    from robustact.study.rl_config import RLStudy
+
+    ctx = current()
+    if jobs != 1 or isinstance(study, RLStudy):
+        raise ConfigError("in a process group (torchrun) run an image study with --jobs 1: "
+                          "the processes share each cell")
+    _, device = init_distributed("auto")  # this process's device in the running group
+    store = study_store(study) if ctx.is_main else None
+    results = []
+    for cell in chosen:
+        if ctx.is_main:
+            log(f"== cell {cell.id} on {ctx.world_size} processes")
+        work = work_for(with_device(cell, str(device)))
+        results.append(run_cell(store, study.name, work, log=log, ctx=ctx))
+        if results[-1].status != "done":
+            break
+    if ctx.is_main:
+        write_exports(study)
     return results
 
 
@@ -73,7 +113,7 @@ def write_exports(study: Any) -> None:
 
     out = Path(study.out)
     if _is_rl(study):
-        write_atomic(out / "results.md", rl_results_table(ResultsStore(store_path(study)),
+        write_atomic(out / "results.md", rl_results_table(study_store(study),
                                                           study.name) + "\n")
         return
     rows = collect_results(study)

@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from robustact.results import ResultsStore
-from robustact.study.cells import store_path, work_for
+from robustact.study.cells import work_for
 from robustact.study.config import StudyConfig
 from robustact.study.image_cell import posthoc_label
 from robustact.study.lifecycle import cell_status
+from robustact.study.stores import existing_study_store
 
 
 def collect_results(study: StudyConfig) -> list[dict[str, Any]]:
     """One summary per cell: status, timings, clean and robust accuracies, the verdict."""
-    path = store_path(study)
-    store = ResultsStore(path) if path.is_file() else None
+    store = existing_study_store(study)
     return [_row(store, study.name, cell) for cell in study.cells]
 
 

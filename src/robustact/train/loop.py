@@ -20,6 +20,7 @@ from torch.nn.parameter import is_lazy
 from robustact.activations.kaf import initialize_lazy
 from robustact.activations.kwta import kwta_ratios, set_kwta_ratio
 from robustact.device import amp_dtype
+from robustact.distributed import DistContext, init_distributed
 from robustact.errors import CheckpointError, ConfigError
 from robustact.eval.accuracy import evaluate_accuracy
 from robustact.train.checkpoint import (
@@ -30,7 +31,6 @@ from robustact.train.checkpoint import (
     save_atomic,
 )
 from robustact.train.config import TrainConfig
-from robustact.train.distributed import DistContext, init_distributed
 from robustact.train.metrics import append_metrics, write_metrics
 from robustact.train.schedules import lr_at
 
