@@ -138,3 +138,59 @@ def test_bim_ceil_steps_is_the_sap_papers_iterative_attack() -> None:
     assert create_attack("bim", eps=3 / 255, step_size=2 / 255, steps="ceil").steps == 2
     with pytest.raises(ConfigError, match="'ceil'"):
         create_attack("bim", eps=0.1, steps="many")
+
+
+SYNCS = ("item", "tolist", "numpy", "cpu", "nonzero", "__bool__", "__int__", "__float__",
+         "__index__")
+
+
+def test_pgd_steps_make_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside the steps nothing reads a tensor back to the host (on a GPU each would stall)."""
+    import robustact.attacks.pgd as pgd
+
+    inside = [False]
+    synced: list[str] = []
+    for name in SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def spy(self: torch.Tensor, *args: object, _name: str = name,
+                _original: object = original, **kwargs: object) -> object:
+            if inside[0]:
+                synced.append(_name)
+            return _original(self, *args, **kwargs)  # type: ignore[operator]
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    iterate = pgd.PGD._iterate
+
+    def watched(self: pgd.PGD, *args: object, **kwargs: object) -> torch.Tensor:
+        inside[0] = True
+        try:
+            return iterate(self, *args, **kwargs)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(pgd.PGD, "_iterate", watched)
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(6) % 5
+    for kwargs in ({}, {"norm": "l2", "eps": 0.5}, {"restarts": 2}):
+        PGD(**{"eps": 0.1, "steps": 4, **kwargs})(tiny_cnn(0), x, y)
+    assert synced == []
+
+
+def test_pgd_spends_one_forward_per_step_and_judges_only_open_examples() -> None:
+    """steps forward+backward passes; the last iterate is evaluated (without gradient) only
+    on the examples that no earlier point misclassified."""
+    model = tiny_cnn(0)
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    y = pred.clone()
+    y[:3] = (pred[:3] + 1) % 5  # misclassified from the start: fooled at the first step
+    calls: list[tuple[int, bool]] = []
+    model.register_forward_hook(lambda m, i, o: calls.append((i[0].shape[0],
+                                                             torch.is_grad_enabled())))
+    eps = 1e-4  # too small to fool the others
+    result = PGD(eps=eps, steps=5, step_size=eps / 2)(model, x, y)
+    assert calls == [(8, True)] * 5 + [(5, False)]
+    assert result.queries.tolist() == [5, 5, 5, 6, 6, 6, 6, 6]
+    assert result.success.tolist() == [True] * 3 + [False] * 5

@@ -156,3 +156,28 @@ def test_registry_builds_kwta() -> None:
     assert isinstance(act, KWTA) and act.ratio == 0.1
     with pytest.raises(ConfigError, match="activation 'kwta'"):
         create_act("kwta", ratios=0.1)
+
+
+@pytest.mark.parametrize("width", [128, 50])
+def test_dense_layer_matches_brute_force_and_follows_changes(width: int) -> None:
+    """A dense input (B, N) takes the layer's fast path, whose k per width is remembered: it
+    still matches the brute force, also after ratio, k or rounding change, and after a load."""
+    torch.manual_seed(width)
+    x = torch.randn(6, width, dtype=torch.float32)
+    layer = KWTA(0.1)
+    settings = [({}, math.floor(0.1 * width)), ({"ratio": 0.2}, math.floor(0.2 * width)),
+                ({"k": 3}, 3), ({"k": None, "ratio": 0.15, "rounding": "ceil"},
+                                math.ceil(0.15 * width - 1e-9))]
+    for change, k in settings:
+        for name, value in change.items():
+            setattr(layer, name, value)
+        for _ in range(2):  # the first call fills the remembered k, the second uses it
+            torch.testing.assert_close(layer(x), brute_force(x, k), rtol=0, atol=0)
+    fresh = KWTA(0.5)
+    fresh(x)
+    fresh.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(fresh(x), brute_force(x, math.ceil(0.15 * width - 1e-9)),
+                               rtol=0, atol=0)
+    layer.k = width + 1
+    with pytest.raises(ConfigError, match="out of range"):
+        layer(x)

@@ -604,3 +604,59 @@ def test_kwta_mask_concurrent_python_threads():
             results = list(ex.map(lambda x: native_mask_call(x, 600, 2)[0], xs))
             for got, want in zip(results, wants, strict=True):
                 assert torch.equal(got, want)
+
+
+# ----------------------------------------------------------------------------------------------
+# the short-row path (n <= 1024, k <= 14 on AVX-512) and PyTorch's threads
+
+
+def test_short_rows_small_k_every_kernel(native_isa):
+    """Every k of the short-row path and just past it, on widths around the 16-lane vectors
+    and up to its 1024 limit, random and special rows (ties, infinities, NaN, signed zeros):
+    threshold and mask equal the sort-based reference."""
+    gen = torch.Generator().manual_seed(91)
+    for n in (1, 5, 14, 15, 16, 17, 31, 32, 33, 100, 128, 129, 255, 512, 1000, 1024, 1025):
+        rows = [torch.randn(8, n, generator=gen), _special_rows(n, gen),
+                torch.randint(-3, 4, (8, n), generator=gen).float()]  # heavy ties
+        for x in rows:
+            for k in range(1, min(n, 16) + 1):
+                mask, thr = native_mask_call(x, k, 1)
+                torch.testing.assert_close(thr, reference(x, k), rtol=0, atol=0,
+                                           equal_nan=True)
+                assert torch.equal(mask, mask_reference(x, k)), (native_isa, n, k)
+
+
+def test_short_rows_where_the_lane_bound_leaves_many_candidates(native_isa):
+    """Rows whose lane maxima sit low (the bound keeps more than 32 elements, so the quickselect
+    finishes on them) and rows where every lane maximum is one value."""
+    gen = torch.Generator().manual_seed(5)
+    n = 512
+    x = torch.randn(6, n, generator=gen)
+    x[0] = torch.arange(n, dtype=torch.float32).flip(0)  # lanes hold consecutive values
+    x[1] = torch.arange(n, dtype=torch.float32) % 16  # every lane maximum is 15
+    x[2, :] = -1.0
+    x[2, ::37] = 3.0  # few large values, in few lanes
+    x[3] = torch.randn(n, generator=gen).abs().sort().values  # sorted ascending
+    for k in (1, 7, 12, 14):
+        mask, thr = native_mask_call(x, k, 1)
+        torch.testing.assert_close(thr, reference(x, k), rtol=0, atol=0)
+        assert torch.equal(mask, mask_reference(x, k)), k
+
+
+@needs_native
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts /proc/self/task")
+def test_runs_on_torchs_threads_without_starting_its_own():
+    """With num_threads > 1 the rows go to PyTorch's OpenMP team (the threads at::parallel_for
+    uses): after a torch op has started that team, a large call adds no thread."""
+    import os
+
+    if "OpenMP" not in torch.__config__.parallel_info() or torch.get_num_threads() < 2:
+        pytest.skip("torch without an OpenMP team of two or more threads")
+    assert select._native._team() == "openmp"
+    a = torch.randn(512, 512)
+    (a @ a).sum()  # torch's parallel region: its team exists from here on
+    before = len(os.listdir("/proc/self/task"))
+    x = torch.randn(256, 4096)
+    mask, thr = native_mask_call(x, 400, torch.get_num_threads())
+    assert len(os.listdir("/proc/self/task")) == before
+    assert torch.equal(mask, mask_reference(x, 400))

@@ -86,7 +86,7 @@ def test_adaptive_finds_the_closed_form_robust_accuracy_of_a_randomized_model() 
 
 def test_diagnostics_fire_on_too_few_eot_passes_and_stay_silent_when_converged() -> None:
     model, x, y, truth = toy_problem()
-    few = evaluate(model, (x, y), ["pgd:steps=20,eot=1"], [0.05], n_samples=8, probe_size=40)
+    few = evaluate(model, (x, y), ["pgd:steps=20,eot=1"], [0.05], n_samples=8, probe_size=60)
     check = next(c for c in few.diagnostics.checks if c.name == "not_converged")
     assert check.fired, check.message
     assert "overestimates robustness" in check.message

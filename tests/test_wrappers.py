@@ -12,6 +12,7 @@ from robustact.activations import KWTA
 from robustact.activations.kwta import kwta
 from robustact.activations.select import kth_largest
 from robustact.attacks import PGD
+from robustact.attacks.losses import cross_entropy
 from robustact.attacks.wrappers import BPDA, EOT, is_randomized
 from robustact.errors import ConfigError
 
@@ -132,6 +133,81 @@ def test_eot_probs_reduction() -> None:
     draws = model(x.repeat(16, 1, 1, 1)).view(16, 6, 5)
     torch.testing.assert_close(out.exp(), draws.softmax(-1).mean(0), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.exp().sum(1), torch.ones(6))
+
+
+def looped_eot_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Brute force: n forward+backward passes, one draw each; the mean per-draw gradient of
+    the summed cross-entropy and the mean logits."""
+    grads, outs = [], []
+    for _ in range(n):
+        xr = x.clone().requires_grad_()
+        out = model(xr)
+        (grad,) = torch.autograd.grad(cross_entropy(out, y).sum(), xr)
+        grads.append(grad)
+        outs.append(out.detach())
+    return torch.stack(grads).mean(0), torch.stack(outs).mean(0)
+
+
+@pytest.mark.parametrize(("draws_per_chunk", "two_noises"), [(1, True), (1, False), (3, False)])
+def test_eot_loss_gradient_is_the_mean_per_draw_gradient(draws_per_chunk: int,
+                                                         two_noises: bool) -> None:
+    """The gradient attacks get through EOT: the per-draw loss gradients averaged over the
+    same draws as a loop with the same seed (one noise layer draws the same stream in chunks
+    of several draws; two noise layers need one draw per chunk for that)."""
+    model = small_net(act=nn.Sequential(UniformNoise(0.5), nn.ReLU()) if two_noises else None,
+                      noise=UniformNoise(0.3))
+    x, y = images(6), torch.arange(6) % 5
+    eot = EOT(model, n=9, max_batch=6 * draws_per_chunk)
+    torch.manual_seed(5)
+    loss, grad, logits = eot.loss_gradient(x, y, cross_entropy)
+    torch.manual_seed(5)
+    want_grad, want_logits = looped_eot_gradient(model, x, y, 9)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, cross_entropy(want_logits, y), rtol=1e-5, atol=1e-6)
+    # the draws matter: the gradient of the loss of the mean logits is another quantity
+    xr = x.clone().requires_grad_()
+    torch.manual_seed(5)
+    (of_mean,) = torch.autograd.grad(cross_entropy(eot(xr), y).sum(), xr)
+    assert not torch.allclose(of_mean, grad, rtol=1e-3, atol=1e-6)
+
+
+def test_eot_loss_gradient_closed_form() -> None:
+    """x -> W(x + sigma z): a loss linear in the logits has the gradient W^T c for any draws."""
+    lin = nn.Linear(48, 5, bias=False)
+    model = nn.Sequential(nn.Flatten(), GaussianNoise(0.5), lin).eval()
+    x, y, c = images(4), torch.zeros(4, dtype=torch.long), torch.randn(4, 5)
+    _, grad, _ = EOT(model, n=64, max_batch=40).loss_gradient(
+        x, y, lambda logits, labels: (logits * c).sum(1))
+    torch.testing.assert_close(grad, (c @ lin.weight).view_as(x), rtol=1e-5, atol=1e-6)
+
+
+def test_eot_loss_gradient_back_propagates_each_chunk_once() -> None:
+    """Chunk by chunk, no recomputation: n * B / chunk forwards, each back-propagated before
+    the next runs (at most one chunk's graph alive)."""
+    model = small_net(noise=UniformNoise(0.3))
+    events: list[str] = []
+    model.register_forward_hook(lambda m, i, o: events.append(f"f{i[0].shape[0]}"))
+    model[-1].register_full_backward_hook(lambda m, gi, go: events.append("b"))
+    EOT(model, n=8, max_batch=12).loss_gradient(images(6), torch.zeros(6, dtype=torch.long),
+                                               cross_entropy)
+    assert events == ["f1"] + ["f12", "b"] * 4  # f1: the probe of the activation size
+
+
+def test_pgd_through_eot_counts_one_query_per_step_and_takes_targets() -> None:
+    base = nn.Sequential(UniformNoise(0.05), *kwta_net()).eval()
+    calls: list[bool] = []
+    base.register_forward_hook(lambda m, i, o: calls.append(torch.is_grad_enabled()))
+    x, y = images(6), torch.arange(6) % 5
+    result = PGD(eps=8 / 255, steps=3, step_size=2 / 255)(EOT(base, n=4, max_batch=12), x, y)
+    assert ((result.queries >= 3) & (result.queries <= 4)).all()  # + the last point if open
+    # the probe of the activation size, 3 steps x 2 chunks of 2 draws with gradient, then
+    # only forwards without (the last point, on the examples still open)
+    assert calls[:7] == [False] + [True] * 6 and not any(calls[7:])
+    targeted = PGD(eps=8 / 255, steps=2, targeted=True, n_target_classes=2)
+    result = targeted(EOT(base, n=4, max_batch=6), x, y)  # a per-example target per draw
+    assert result.x_adv.shape == x.shape and (result.x_adv - x).abs().max() <= 8 / 255 + 1e-6
 
 
 def test_eot_rejects_bad_arguments() -> None:

@@ -17,8 +17,10 @@
 //           every non-NaN entry (-inf ones included).
 // thr_ptr : 0, or the address of a float32 (rows,) buffer that receives t_r.
 // 1 <= k <= n (ValueError otherwise). The GIL is released while computing. Rows are processed
-// by up to num_threads threads (the caller plus persistent std::thread workers; no OpenMP, torch
-// ships its own runtime), which take contiguous blocks of rows from a shared counter.
+// by up to num_threads threads, which take contiguous blocks of rows from a shared counter: the
+// caller and PyTorch's own intra-op threads (the OpenMP team at::parallel_for uses, see
+// "PyTorch's intra-op threads" below), or the caller alone when that team is busy; the extension
+// starts no thread of its own.
 //
 // Semantics match torch.topk(x, k).values[:, -1]: NaN ranks above +inf (any NaN is "the largest"),
 // then +inf, finite values, -inf. The result is always one of the row's values, copied unchanged
@@ -38,26 +40,24 @@
 //      sample; std::nth_element takes over if a work budget is exceeded, so it stays O(n));
 //      if it does not (rare: unlucky sample, adversarial data, NaN in the sample), run the
 //      quickselect on a NaN-free copy of the whole row instead. Either way the answer is exact.
+// Short rows with a small k (n <= 1024, k <= 14) take a faster path on AVX-512 CPUs: a bound
+// from the maxima of the row's 16 lanes, then rank counting (see short_avx512).
 // The vector kernels (AVX-512, AVX2, portable scalar) are chosen at run time: the binary is built
 // without -march flags and runs on any x86-64 (or other) CPU.
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <memory>
-#include <mutex>
 #include <new>
-#include <thread>
 #include <vector>
 
 #ifndef _WIN32
-#include <pthread.h>
-#include <signal.h>
+#include <dlfcn.h>
 #include <unistd.h>
 #endif
 
@@ -115,10 +115,15 @@ using Part3Fn = Part3Result (*)(const float*, std::size_t, float, float*, float*
 // NaN). `out` has exactly n floats (no padding) and does not overlap `a`.
 using MaskFn = void (*)(const float*, std::size_t, float, float*);
 
+// The k-th largest of a short NaN-free row with a small k, or a bracket of candidates (see
+// short_avx512); null where the ISA has none.
+using ShortFn = std::size_t (*)(const float*, std::size_t, std::size_t, float*, float*);
+
 struct Kernels {
     PassFn pass;
     Part3Fn part3;
     MaskFn mask;
+    ShortFn shortsel;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -376,6 +381,88 @@ __attribute__((target("avx512f"))) void mask_avx512(const float* a, std::size_t 
     }
 }
 
+
+// ---- short rows: lane maxima, one compaction, rank counting (AVX-512) ------------------------
+//
+// For a row of at most kShortMaxN values without NaN, and k <= kShortMaxK: viewing the row as
+// columns of 16 lanes, the k-th largest `lo` of the 16 lane maxima (16 distinct elements of the
+// row) is a lower bound of the row's k-th largest (at least k elements are >= lo). The elements
+// >= lo (about 1.5 k of them for k = n / 10) are copied out, and when they are at most 32 the
+// answer is found by counting, for each, the ones above it (else the quickselect finishes on
+// them). No pivot and no sampling; lanes past n are -inf, which only lowers lo. Measured (AMD
+// EPYC, 128 rows of 128, k = 12): ~85 ns a row, against ~140 ns for the copying pass and the
+// quickselect of the general path; 128 rows of 512, k = 8: ~170 ns against ~300 ns.
+
+constexpr std::size_t kShortMaxN = 1024;
+// From k = 15 the bound (the 15th or 16th largest of 16 maxima) leaves ~45 candidates of 128
+// and this path loses to the general one; so it did for k up to 32 with two maxima per lane.
+constexpr std::size_t kShortMaxK = 14;
+
+// The k-th largest of v[0 .. m), 1 <= k <= m <= 32, no NaN: the value with fewer than k values
+// above it and at least k at or above it.
+__attribute__((target("avx512f,popcnt"))) inline float kth_by_count(const float* v, std::size_t m,
+                                                                    std::size_t k) {
+    const __mmask16 in_a = m >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                   : static_cast<__mmask16>((1u << m) - 1u);
+    const __mmask16 in_b = m <= 16 ? static_cast<__mmask16>(0)
+                                   : static_cast<__mmask16>((1u << (m - 16)) - 1u);
+    const __m512 a = _mm512_maskz_loadu_ps(in_a, v);
+    const __m512 b = _mm512_maskz_loadu_ps(in_b, v + 16);
+    for (std::size_t j = 0; j < m; ++j) {
+        const __m512 x = _mm512_set1_ps(v[j]);
+        const unsigned above =
+            static_cast<unsigned>(_mm_popcnt_u32(_mm512_mask_cmp_ps_mask(in_a, a, x, _CMP_GT_OQ))) +
+            static_cast<unsigned>(_mm_popcnt_u32(_mm512_mask_cmp_ps_mask(in_b, b, x, _CMP_GT_OQ)));
+        if (above >= k) continue;
+        const unsigned at_or_above =
+            static_cast<unsigned>(_mm_popcnt_u32(_mm512_mask_cmp_ps_mask(in_a, a, x, _CMP_GE_OQ))) +
+            static_cast<unsigned>(_mm_popcnt_u32(_mm512_mask_cmp_ps_mask(in_b, b, x, _CMP_GE_OQ)));
+        if (at_or_above >= k) return v[j];
+    }
+    return v[0];  // unreachable for 1 <= k <= m
+}
+
+// Returns the number c of candidates (the elements >= lo, c >= k) written to cand[0 .. c), and
+// if c <= 32 also the k-th largest in *t; 0 if the row holds a NaN. n <= kShortMaxN,
+// 1 <= k <= kShortMaxK; cand has room for n + kPad floats.
+__attribute__((target("avx512f,popcnt"))) std::size_t short_avx512(const float* a, std::size_t n,
+                                                                   std::size_t k, float* cand,
+                                                                   float* t) {
+    const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    const __mmask16 all = 0xFFFF;
+    __m512 top = minus_inf;
+    __mmask16 nan = 0;
+    for (std::size_t i = 0; i < n; i += 16) {
+        const std::size_t left = n - i;
+        const __mmask16 valid =
+            left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+        const __m512 v = _mm512_mask_loadu_ps(minus_inf, valid, a + i);
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        // (the maskz form: GCC 12 warns about _mm512_max_ps's undefined pass-through operand)
+        top = _mm512_maskz_max_ps(all, top, v);
+    }
+    if (nan != 0) return 0;
+    alignas(64) float tops[16];
+    _mm512_store_ps(tops, top);
+    const __m512 vlo = _mm512_set1_ps(kth_by_count(tops, 16, k));
+    std::size_t c = 0;
+    for (std::size_t i = 0; i < n; i += 16) {
+        const std::size_t left = n - i;
+        const __mmask16 valid =
+            left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+        const __m512 v = _mm512_maskz_loadu_ps(valid, a + i);
+        // a few elements (about 2 k of the n): copied one by one, since vector compress-stores
+        // and the vector reloads of kth_by_count would stall on store forwarding
+        unsigned keep = _mm512_mask_cmp_ps_mask(valid, v, vlo, _CMP_GE_OQ);
+        while (keep != 0) {
+            cand[c++] = a[i + static_cast<std::size_t>(__builtin_ctz(keep))];
+            keep &= keep - 1;
+        }
+    }
+    if (c <= 32) *t = kth_by_count(cand, c, k);
+    return c;
+}
+
 #endif  // RA_HAVE_X86_KERNELS
 
 enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2 };
@@ -401,11 +488,11 @@ inline bool isa_supported(Isa isa) { return static_cast<int>(isa) <= static_cast
 
 inline Kernels kernels_for(Isa isa) {
 #ifdef RA_HAVE_X86_KERNELS
-    if (isa == Isa::Avx512) return {pass_avx512, part3_avx512, mask_avx512};
-    if (isa == Isa::Avx2) return {pass_avx2, part3_avx2, mask_avx2};
+    if (isa == Isa::Avx512) return {pass_avx512, part3_avx512, mask_avx512, short_avx512};
+    if (isa == Isa::Avx2) return {pass_avx2, part3_avx2, mask_avx2, nullptr};
 #endif
     (void)isa;
-    return {pass_scalar, part3_scalar, mask_scalar};
+    return {pass_scalar, part3_scalar, mask_scalar, nullptr};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -630,6 +717,16 @@ inline std::uint64_t row_seed(std::size_t row) {
 float select_row(const float* a, std::size_t n, std::size_t k, Scratch& sc, const Kernels& kern,
                  std::uint64_t seed) {
     Rng rng(seed);
+#ifdef RA_HAVE_X86_KERNELS
+    if (kern.shortsel != nullptr && n <= kShortMaxN && k <= kShortMaxK) {
+        float t;
+        const std::size_t c = kern.shortsel(a, n, k, sc.a.data(), &t);
+        if (c != 0 && c <= 32) return t;
+        if (c != 0) {
+            return quickselect(sc.a.data(), sc.b.data(), sc.c.data(), c, k, kern.part3, rng);
+        }
+    }  // else a NaN in the row: the general path ranks it
+#endif
     if (n < RA_BRACKET_MIN_N) return exact_row(a, n, k, sc, kern, rng);
     float lo, hi;
     if (!choose_bracket(a, n, k, sc, kern.part3, rng, &lo, &hi)) {
@@ -664,7 +761,7 @@ float select_row(const float* a, std::size_t n, std::size_t k, Scratch& sc, cons
 // ---------------------------------------------------------------------------------------------
 // Rows and threads.
 
-// Per-thread scratch memory, kept between calls (worker threads are persistent) unless huge.
+// Per-thread scratch memory, kept between calls (OpenMP's threads are persistent) unless huge.
 constexpr std::size_t kCachedScratchMaxN = std::size_t{1} << 20;
 
 Scratch& thread_scratch(std::size_t n, std::unique_ptr<Scratch>& uncached) {
@@ -700,8 +797,8 @@ bool run_rows(const float* in, float* out, float* mask, std::size_t r0, std::siz
 }
 
 // One call's work. Rows are handed out in contiguous blocks from an atomic counter rather than
-// as one fixed chunk per thread: if a thread starts late or loses its core (e.g. to torch's
-// OpenMP workers, which spin for a while after each parallel op), the others take its rows.
+// as one fixed chunk per thread: if a thread starts late or loses its core (e.g. to another
+// process), the others take its rows.
 // Results do not depend on the split (each row's sampling seed is its index).
 struct Job {
     const float* in;
@@ -730,127 +827,81 @@ inline long current_pid() {
 #endif
 }
 
-// Persistent worker threads (starting a thread costs tens of microseconds, about as much as a
-// whole 128 x 2048 selection). Workers sleep on a condition variable between jobs. The pool is
-// never destroyed (workers are detached and simply die with the process); after fork() the
-// child, which has none of the parent's threads, builds a new pool and leaks the old object.
-class Pool {
-  public:
-    // Runs job.run_part(t) for t in [0, job.parts), part 0 on the calling thread. Returns false,
-    // without running anything, if the pool is busy with another caller's job or cannot grow.
-    bool try_run(Job& job) {
-        std::unique_lock<std::mutex> submit(submit_, std::try_to_lock);
-        if (!submit.owns_lock()) return false;
-        if (!grow(job.parts - 1)) return false;
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            job_ = &job;
-            pending_ = job.parts - 1;
-            ++generation_;
-        }
-        wake_.notify_all();
-        job.run_part(0);
-        std::unique_lock<std::mutex> lock(mutex_);
-        done_.wait(lock, [this] { return pending_ == 0; });
-        job_ = nullptr;
-        return true;
-    }
-
-  private:
-    bool grow(std::size_t count) {  // called with submit_ held
-        try {
-            while (workers_ < count) {
-                std::uint64_t seen;
-                {
-                    std::lock_guard<std::mutex> lock(mutex_);
-                    seen = generation_;
-                }
-                const std::size_t index = workers_ + 1;
-#ifndef _WIN32
-                // Workers never run Python code: keep signals on the interpreter's threads.
-                sigset_t all, previous;
-                sigfillset(&all);
-                pthread_sigmask(SIG_SETMASK, &all, &previous);
-#endif
-                try {
-                    std::thread(&Pool::work, this, index, seen).detach();
-                } catch (...) {
-#ifndef _WIN32
-                    pthread_sigmask(SIG_SETMASK, &previous, nullptr);
-#endif
-                    throw;
-                }
-#ifndef _WIN32
-                pthread_sigmask(SIG_SETMASK, &previous, nullptr);
-#endif
-                ++workers_;
-            }
-            return true;
-        } catch (...) {
-            return false;
-        }
-    }
-
-    void work(std::size_t index, std::uint64_t seen) {
-        std::unique_lock<std::mutex> lock(mutex_);
-        for (;;) {
-            wake_.wait(lock, [&] { return generation_ != seen; });
-            seen = generation_;
-            Job* job = job_;
-            if (job == nullptr || index >= job->parts) continue;  // not needed this time
-            lock.unlock();
-            job->run_part(index);
-            lock.lock();
-            if (--pending_ == 0) done_.notify_one();
-        }
-    }
-
-    std::mutex submit_;  // one job at a time
-    std::mutex mutex_;   // guards everything below
-    std::condition_variable wake_, done_;
-    std::size_t workers_ = 0;  // written with submit_ held
-    std::uint64_t generation_ = 0;
-    Job* job_ = nullptr;
-    std::size_t pending_ = 0;
+// PyTorch's intra-op threads. torch runs at::parallel_for on its OpenMP runtime (libgomp in the
+// Linux wheels); a call spreads its rows over that same team of threads instead of threads of its
+// own, which on a small machine would compete with torch's workers (they spin for a while after
+// every parallel op). GOMP_parallel(fn, data, num_threads, flags) is the entry point that
+// `#pragma omp parallel num_threads(n)` compiles to (GCC's ABI, also exported by LLVM's and
+// Intel's runtimes); it is looked up at run time in the runtime the process has already loaded
+// (dlopen RTLD_NOLOAD: torch's), so the extension links no OpenMP runtime and is built as before.
+// The rows run on the calling thread alone when the job is small, when the team is busy with
+// another Python thread's call, inside a parallel region, in a child forked after the module was
+// loaded (GNU OpenMP's team does not survive fork: torch's own ops hang there), or when no OpenMP
+// runtime is loaded (a torch built with another parallel backend).
+struct OpenMP {
+    using ParallelFn = void (*)(void (*)(void*), void*, unsigned, unsigned);
+    using QueryFn = int (*)();
+    ParallelFn parallel = nullptr;
+    QueryFn in_parallel = nullptr;
 };
 
-Pool* g_pool = nullptr;
-long g_pool_pid = 0;
-
-// Must be called with the GIL held (it serialises creation).
-Pool* get_pool() {
-    const long pid = current_pid();
-    if (g_pool == nullptr || g_pool_pid != pid) {
-        g_pool = new (std::nothrow) Pool();  // a pre-fork pool is deliberately leaked
-        g_pool_pid = pid;
+OpenMP find_openmp() {
+    OpenMP omp;
+#ifndef _WIN32
+    static const char* const names[] = {"libgomp.so.1", "libomp.so", "libiomp5.so",
+                                        "libomp.dylib", "libiomp5.dylib"};
+    for (const char* name : names) {
+        void* lib = dlopen(name, RTLD_LAZY | RTLD_NOLOAD);  // only a runtime already loaded
+        if (lib == nullptr) continue;
+        omp.parallel = reinterpret_cast<OpenMP::ParallelFn>(dlsym(lib, "GOMP_parallel"));
+        omp.in_parallel = reinterpret_cast<OpenMP::QueryFn>(dlsym(lib, "omp_in_parallel"));
+        if (omp.parallel != nullptr && omp.in_parallel != nullptr) return omp;
+        omp = OpenMP{};
     }
-    return g_pool;
+#endif
+    return omp;
 }
 
-// Below this many elements per thread, waking a pool thread costs more than it saves.
-constexpr std::size_t kMinElementsPerThread = std::size_t{1} << 15;
-// The same for kwta_mask. Measured (2-core AMD EPYC VM, B = 128, k = n / 10): one thread takes
-// ~17 us for 128 x 128 and ~40 us for 128 x 512, while handing half of the rows to a pool thread
-// costs 30-40 us (wake-up latency), so two threads only start to pay off at ~10^5 elements, and
-// not at all while torch's OpenMP workers are still spinning after a parallel op.
-#ifndef RA_MASK_MIN_ELEMENTS_PER_THREAD
-#define RA_MASK_MIN_ELEMENTS_PER_THREAD (std::size_t{1} << 16)
+OpenMP g_openmp;
+bool g_openmp_resolved = false;
+long g_module_pid = -1;            // the process that loaded the module (set at import)
+std::atomic<bool> g_team_busy{false};
+
+// The team to use, or null for one thread. Must be called with the GIL held (it serialises the
+// lookup).
+const OpenMP* torch_team() {
+    if (current_pid() != g_module_pid) return nullptr;  // a forked child
+    if (!g_openmp_resolved) {
+        g_openmp = find_openmp();
+        g_openmp_resolved = true;
+    }
+    return g_openmp.parallel != nullptr ? &g_openmp : nullptr;
+}
+
+// Below this many elements per thread, handing rows to a second thread costs more than it saves.
+// Measured (2-core AMD EPYC VM, B = 128, k = n / 10): one thread takes ~11 us for 128 x 128
+// (the short-row path) and ~40 us for 128 x 512; GOMP_parallel costs a few us when torch's
+// workers are spinning, tens of us when they sleep, and a k-WTA layer of 128 x 128 was ~10%
+// slower on two threads than on one. at::parallel_for's grain is 2^15 too.
+#ifndef RA_MIN_ELEMENTS_PER_THREAD
+#define RA_MIN_ELEMENTS_PER_THREAD (std::size_t{1} << 15)
 #endif
-constexpr std::size_t kMinMaskElementsPerThread = RA_MASK_MIN_ELEMENTS_PER_THREAD;
+constexpr std::size_t kMinElementsPerThread = RA_MIN_ELEMENTS_PER_THREAD;
 constexpr long kMaxThreads = 256;
 
-inline std::size_t plan_threads(std::size_t rows, std::size_t n, long num_threads,
-                                std::size_t min_elements = kMinElementsPerThread) {
+inline std::size_t plan_threads(std::size_t rows, std::size_t n, long num_threads) {
     std::size_t threads =
         num_threads > 1 ? static_cast<std::size_t>(std::min(num_threads, kMaxThreads)) : 1;
     threads = std::min(threads, rows);
-    return std::min(threads, std::max<std::size_t>(1, (rows * n) / min_elements));
+    return std::min(threads, std::max<std::size_t>(1, (rows * n) / kMinElementsPerThread));
 }
 
-// Returns false on allocation failure. `pool` may be null (then threads are started per call).
-// `out` (thresholds) and `mask` (k-WTA mask) may each be null.
+void run_job(void* job) { static_cast<Job*>(job)->run_part(0); }
+
+// Returns false on allocation failure. `team` may be null (then one thread). `out` (thresholds)
+// and `mask` (k-WTA mask) may each be null.
 bool kth_largest_rows(const float* in, float* out, std::size_t rows, std::size_t n, std::size_t k,
-                      std::size_t threads, const Kernels& kern, Pool* pool,
+                      std::size_t threads, const Kernels& kern, const OpenMP* team,
                       float* mask = nullptr) {
     Job job;
     job.in = in;
@@ -862,23 +913,14 @@ bool kth_largest_rows(const float* in, float* out, std::size_t rows, std::size_t
     job.parts = std::max<std::size_t>(threads, 1);
     job.grain = std::max<std::size_t>(1, rows / (job.parts * 8));
     job.kern = kern;
-    if (job.parts == 1) {
+    bool idle = false;
+    if (job.parts > 1 && team != nullptr && team->in_parallel() == 0 &&
+        g_team_busy.compare_exchange_strong(idle, true)) {
+        team->parallel(run_job, &job, static_cast<unsigned>(job.parts), 0);
+        g_team_busy.store(false);
+    } else {
         job.run_part(0);
-        return job.ok.load();
     }
-    if (pool != nullptr && pool->try_run(job)) return job.ok.load();
-    // Pool busy (another Python thread is using it) or unavailable: one-off threads.
-    std::vector<std::thread> extra;
-    extra.reserve(job.parts - 1);
-    for (std::size_t t = 1; t < job.parts; ++t) {
-        try {
-            extra.emplace_back([&job, t] { job.run_part(t); });
-        } catch (...) {  // could not start a thread: do its part here
-            job.run_part(t);
-        }
-    }
-    job.run_part(0);
-    for (auto& th : extra) th.join();
     return job.ok.load();
 }
 
@@ -966,12 +1008,12 @@ PyObject* py_kth_largest(PyObject*, PyObject* args, PyObject* kwargs) {
     const ra_select::Kernels kern = g_kernels;
     const std::size_t threads = ra_select::plan_threads(
         static_cast<std::size_t>(rows), static_cast<std::size_t>(n), static_cast<long>(num_threads));
-    ra_select::Pool* pool = threads > 1 ? ra_select::get_pool() : nullptr;  // needs the GIL
+    const ra_select::OpenMP* team = threads > 1 ? ra_select::torch_team() : nullptr;  // GIL held
     bool ok;
     Py_BEGIN_ALLOW_THREADS
     ok = ra_select::kth_largest_rows(in, out, static_cast<std::size_t>(rows),
                                      static_cast<std::size_t>(n), static_cast<std::size_t>(k),
-                                     threads, kern, pool);
+                                     threads, kern, team);
     Py_END_ALLOW_THREADS
     if (!ok) return PyErr_NoMemory();
     Py_RETURN_NONE;
@@ -1009,20 +1051,23 @@ PyObject* py_kwta_mask(PyObject*, PyObject* args, PyObject* kwargs) {
     float* thr = static_cast<float*>(thr_ptr);  // may be null: thresholds not wanted
     const ra_select::Kernels kern = g_kernels;
     const std::size_t threads = ra_select::plan_threads(
-        static_cast<std::size_t>(rows), static_cast<std::size_t>(n), static_cast<long>(num_threads),
-        ra_select::kMinMaskElementsPerThread);
-    ra_select::Pool* pool = threads > 1 ? ra_select::get_pool() : nullptr;  // needs the GIL
+        static_cast<std::size_t>(rows), static_cast<std::size_t>(n), static_cast<long>(num_threads));
+    const ra_select::OpenMP* team = threads > 1 ? ra_select::torch_team() : nullptr;  // GIL held
     bool ok;
     Py_BEGIN_ALLOW_THREADS
     ok = ra_select::kth_largest_rows(in, thr, static_cast<std::size_t>(rows),
                                      static_cast<std::size_t>(n), static_cast<std::size_t>(k),
-                                     threads, kern, pool, mask);
+                                     threads, kern, team, mask);
     Py_END_ALLOW_THREADS
     if (!ok) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
 PyObject* py_isa(PyObject*, PyObject*) { return PyUnicode_FromString(ra_select::isa_name(g_isa)); }
+
+PyObject* py_team(PyObject*, PyObject*) {
+    return PyUnicode_FromString(ra_select::torch_team() != nullptr ? "openmp" : "none");
+}
 
 PyObject* py_best_isa(PyObject*, PyObject*) {
     return PyUnicode_FromString(ra_select::isa_name(ra_select::best_isa()));
@@ -1070,6 +1115,9 @@ PyMethodDef methods[] = {
      "entries get 1.0. If thr_ptr is non-zero, also write t to the float32 (rows,) buffer\n"
      "there. Releases the GIL; uses up to num_threads threads."},
     {"_isa", py_isa, METH_NOARGS, "Name of the partition kernel in use (scalar, avx2, avx512)."},
+    {"_team", py_team, METH_NOARGS,
+     "'openmp' if calls with num_threads > 1 run on the loaded OpenMP runtime's team (torch's\n"
+     "intra-op threads), 'none' if they run on the calling thread alone."},
     {"_best_isa", py_best_isa, METH_NOARGS, "Best partition kernel this CPU supports."},
     {"_set_isa", py_set_isa, METH_O,
      "Select the partition kernel: 'scalar', 'avx2', 'avx512' or 'best' (testing aid; not "
@@ -1092,6 +1140,7 @@ PyModuleDef module_def = {
 }  // namespace
 
 PyMODINIT_FUNC PyInit__select(void) {
+    ra_select::g_module_pid = ra_select::current_pid();
     g_isa = ra_select::best_isa();
     g_kernels = ra_select::kernels_for(g_isa);
     return PyModule_Create(&module_def);

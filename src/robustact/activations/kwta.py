@@ -51,10 +51,11 @@ def winners_from_ratio(ratio: float, n: int, rounding: str = "floor") -> int:
 def _kwta_rows(rows: torch.Tensor, k: int) -> torch.Tensor:
     """Rows of a (R, n) tensor: keep the values >= the row's k-th largest, zero the others.
 
-    The 0/1 mask carries no autograd graph, so ``rows * mask`` sends gradient only through the
-    kept units, computed by autograd's own multiply backward (no Python callback).
+    The 0/1 mask carries no autograd graph (``kwta_mask`` never records one), so
+    ``rows * mask`` sends gradient only through the kept units, computed by autograd's own
+    multiply backward (no Python callback).
     """
-    return rows * kwta_mask(rows.detach(), k)
+    return rows * kwta_mask(rows, k)
 
 
 def kwta(
@@ -162,6 +163,8 @@ class KWTA(nn.Module):
             raise ConfigError("k-WTA needs a ratio (e.g. 0.2) or a fixed k")
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ConfigError(f"k-WTA k must be a positive integer, got {k!r}")
+        # units per vector -> k of a dense input; emptied whenever k, ratio or rounding change
+        self._dense_k: dict[int, int] = {}
         self.mode = mode
         self.rounding = rounding
         self.k = k
@@ -179,16 +182,42 @@ class KWTA(nn.Module):
         if not 0.0 < value <= 1.0:
             raise ConfigError(f"k-WTA ratio must be in (0, 1], got {value:g}")
         self._ratio = value
+        self._dense_k.clear()
+
+    @property
+    def k(self) -> int | None:
+        return self._k
+
+    @k.setter
+    def k(self, value: int | None) -> None:
+        self._k = value
+        self._dense_k.clear()
+
+    @property
+    def rounding(self) -> str:
+        return self._rounding
+
+    @rounding.setter
+    def rounding(self, value: str) -> None:
+        self._rounding = value
+        self._dense_k.clear()
 
     def num_winners(self, n: int) -> int:
         """k for a vector of ``n`` units."""
-        if self.k is not None:
-            return self.k
+        if self._k is not None:
+            return self._k
         assert self._ratio is not None
-        return winners_from_ratio(self._ratio, n, self.rounding)
+        return winners_from_ratio(self._ratio, n, self._rounding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kwta(x, self.k, ratio=self._ratio, mode=self.mode, rounding=self.rounding)
+        if x.dim() == 2:  # a dense layer: at its small sizes every Python step is a cost
+            k = self._dense_k.get(x.shape[1])
+            if k is not None:
+                return x * kwta_mask(x, k)
+        out = kwta(x, self._k, ratio=self._ratio, mode=self.mode, rounding=self._rounding)
+        if x.dim() == 2:  # k was valid for this width: remember it
+            self._dense_k[x.shape[1]] = self.num_winners(x.shape[1])
+        return out
 
     #: temperature of :meth:`bpda_surrogate`, relative to the per-vector std of the input
     #: (a plain attribute, not a constructor argument: ``layer.bpda_temperature = 0.05``)

@@ -70,15 +70,32 @@ class QueryCounter(nn.Module):
     def __init__(self, model: nn.Module, batch_size: int, device: torch.device) -> None:
         super().__init__()
         self.model = model
+        self.train(model.training)  # a wrapper takes the mode of what it wraps
         self.counts = torch.zeros(batch_size, dtype=torch.int64, device=device)
         self.index: torch.Tensor | None = None  # which examples of the batch x holds
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._count(x)
+        return self.model(x)
+
+    def own_loss_gradient(self) -> Callable[..., tuple[torch.Tensor, ...]] | None:
+        """The wrapped model's ``loss_gradient`` (EOT's), counting one query per call like
+        :meth:`forward`; None if the model has none."""
+        own = getattr(self.model, "loss_gradient", None)
+        if own is None:
+            return None
+
+        def counted(x: torch.Tensor, *args: Any) -> tuple[torch.Tensor, ...]:
+            self._count(x)
+            return own(x, *args)
+
+        return counted
+
+    def _count(self, x: torch.Tensor) -> None:
         if self.index is None:
             self.counts += x.shape[0] // max(self.counts.numel(), 1)
         else:
             self.counts.index_add_(0, self.index, torch.ones_like(self.index))
-        return self.model(x)
 
 
 @dataclass
@@ -196,12 +213,18 @@ class Attack:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-example loss (B,), its gradient w.r.t. x (B, ...) and the logits (B, classes).
 
-        The gradient of the summed loss is taken, so each example gets its own gradient.
-        Records the fraction of zero / non-finite gradient entries for the diagnostics, over
-        the examples of the bool mask ``count`` (default all): an attack passes the examples
-        it still works on, since a loss can be flat once an example is fooled (DLR is exactly
-        1 when the true class is third).
+        The gradient of the summed loss is taken, so each example gets its own gradient. A
+        model with its own ``loss_gradient(x, y, loss_fn)`` (EOT: the mean of the draws' loss
+        gradients, chunk by chunk) gives all three itself. Records the fraction of zero /
+        non-finite gradient entries for the diagnostics, over the examples of the bool mask
+        ``count`` (default all): an attack passes the examples it still works on, since a loss
+        can be flat once an example is fooled (DLR is exactly 1 when the true class is third).
         """
+        own = (model.own_loss_gradient() if isinstance(model, QueryCounter)
+               else getattr(model, "loss_gradient", None))
+        if own is not None:
+            loss, grad, logits = own(x, y, loss_fn)
+            return loss, self.record_gradient(grad, count), logits
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = model(x)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustact.attacks.base import Attack
+from robustact.attacks.base import Attack, subset_queries
 from robustact.attacks.losses import LossFn, get_loss, get_targeted_loss
 from robustact.attacks.registry import ATTACKS
 from robustact.errors import ConfigError
@@ -45,7 +45,8 @@ class PGD(Attack):
             reproduction used 0.003).
         random_start: start from a random point of the ball.
         restarts: independent runs; each example keeps its best (first a misclassified point,
-            else the highest loss).
+            else the highest loss) among the points it was evaluated at: each iterate where the
+            gradient was taken and, where nothing misclassified it yet, the last one.
         loss: "ce", "margin" (CW) or "dlr".
         targeted: aim at each of the ``n_target_classes`` highest-scoring wrong classes of the
             clean input in turn (AutoAttack's choice of targets), on the examples not yet
@@ -104,13 +105,13 @@ class PGD(Attack):
         for restart in range(self.restarts):
             start = random_start(x, self.eps, self.norm) if self.random_start else x.clone()
             x_adv = self._iterate(model, x, y, start, best, loss_fn, trace=(restart == 0))
-            with torch.no_grad():
-                logits = model(x_adv)  # the last iterate may be the best point
-            best.update(x_adv, loss_fn(logits, y), logits, y)
+            self._judge_last(model, x_adv, y, best, loss_fn)
         return best
 
     def _iterate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
                  best: _Best, loss_fn: LossFn, *, trace: bool) -> torch.Tensor:
+        """``steps`` gradient steps from ``x_adv``; one forward and backward each, no host sync
+        (the bookkeeping stays on the device)."""
         for _ in range(self.steps):
             loss, grad, logits = self.input_gradient(model, x_adv, y, loss_fn)
             best.update(x_adv, loss, logits, y)
@@ -118,6 +119,25 @@ class PGD(Attack):
                 self.record_loss(loss)
             x_adv = self.project(x, x_adv + self.step_size * self.direction(grad))
         return x_adv
+
+    def _judge_last(self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, best: _Best,
+                    loss_fn: LossFn) -> None:
+        """Evaluate the last iterate (no gradient was taken there) where it can change the
+        outcome: on the examples no earlier point misclassified (for the others it could only
+        replace one misclassified point by another). One host sync per restart. A model in
+        training mode (adversarial training) sees the whole batch, as its BatchNorm would."""
+        open_ = None if model.training else ~best.fooled
+        idx = None if open_ is None else open_.nonzero().squeeze(1)
+        if idx is not None and idx.numel() == 0:
+            return
+        with torch.no_grad():
+            if idx is None or idx.numel() == len(y):
+                logits, open_ = model(x_adv), None
+            else:
+                assert best.logits is not None  # set by the steps
+                with subset_queries(model, idx):
+                    logits = best.logits.index_copy(0, idx, model(x_adv[idx]))
+        best.update(x_adv, loss_fn(logits, y), logits, y, only=open_)
 
     def direction(self, grad: torch.Tensor) -> torch.Tensor:
         return step_direction(grad, self.norm)
@@ -134,9 +154,13 @@ class _Best:
         self.logits: torch.Tensor | None = None
 
     def update(self, x_adv: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor,
-               y: torch.Tensor) -> None:
+               y: torch.Tensor, only: torch.Tensor | None = None) -> None:
+        """Take ``x_adv`` where it is better (of the examples in the bool mask ``only``)."""
         fooled = logits.argmax(1) != y
         better = (fooled & ~self.fooled) | ((fooled == self.fooled) & (loss > self.loss))
+        if only is not None:
+            better &= only
+            fooled &= only
         self.x = torch.where(better.view(-1, *([1] * (x_adv.dim() - 1))), x_adv, self.x)
         self.loss = torch.where(better, loss, self.loss)
         self.logits = logits if self.logits is None else torch.where(better[:, None], logits,

@@ -7,7 +7,9 @@ gradients. Both are ``nn.Module`` s returning logits, so any attack takes them a
 
 The attack judges success on the wrapper's output, i.e. on the averaged prediction for EOT
 (as REFERENCE section 5 asks), not on one lucky forward pass. The attack's query counter counts
-one query per EOT forward; the model itself runs ``n`` times.
+one query per EOT forward; the model itself runs ``n`` times. The gradient an attack follows
+through EOT is :meth:`EOT.loss_gradient`'s: the mean over the draws of each draw's loss
+gradient, back-propagated chunk by chunk.
 """
 
 from __future__ import annotations
@@ -21,13 +23,17 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from robustact.attacks.losses import LossFn
 from robustact.errors import ConfigError
 
-# Images per model forward unless max_batch is given. On a CPU large batches are slower per
-# image (tensors over glibc's 32 MiB mmap threshold are page-faulted in afresh at every call, and
-# fall out of the L3 cache): a small_cnn forward+backward measured 0.55-0.65 ms per image at batch
-# 128-256 and 0.8-1.4 ms at batch 2048 on a 2-core machine. GPUs want big batches.
-DEFAULT_MAX_BATCH = {"cpu": 128}
+# Images per model forward unless max_batch is given. On a CPU very large batches are slower per
+# image (tensors over glibc's 32 MiB mmap threshold are page-faulted in afresh at every call
+# unless robustact.device.tune_cpu_allocator ran, and fall out of the L3 cache): a small_cnn
+# forward+backward measured 0.55-0.65 ms per image at batch 128-256 and 0.8-1.4 ms at batch 2048
+# on a 2-core machine. With the allocator tuned (the command line and the benchmarks): small_cnn
+# 0.51 ms at 128, 0.41 at 256, 0.40 at 512; with SAP-100 2.1, 1.96, 1.97; resnet20 + SAP-100 9.9
+# at 128, 8.9 at 256. GPUs want big batches.
+DEFAULT_MAX_BATCH = {"cpu": 256}
 DEFAULT_MAX_BATCH_ACCELERATOR = 4096
 # Budget for the activations EOT keeps for backward when memory_bytes is not given.
 DEFAULT_MEMORY_BYTES = 2 << 30
@@ -45,10 +51,15 @@ class EOT(nn.Module):
     eval mode, so BatchNorm uses its running statistics and replication changes nothing there;
     only genuinely random layers (noise, dropout kept active, SAP...) differ between copies.
 
+    Attacks take their gradient from :meth:`loss_gradient` instead (``Attack.input_gradient``
+    calls it): the EOT gradient of Athalye et al. 2018, the mean of the n draws' loss gradients,
+    back-propagated chunk by chunk as the chunks are computed, so only one chunk's activations
+    are alive and nothing is recomputed.
+
     Args:
         model: returns logits (B, K) for inputs in [0, 1].
         n: number of draws averaged.
-        max_batch: most images per model forward (default 128 on CPU, 4096 on accelerators),
+        max_batch: most images per model forward (default 256 on CPU, 4096 on accelerators),
             also capped by ``memory_bytes``. Chunks are slices of the replicated batch, so a
             model drawing its noise with ``torch.rand*`` sees the same stream either way.
         memory_bytes: budget for the activations kept for backward (default 2 GiB). Their size
@@ -62,11 +73,13 @@ class EOT(nn.Module):
             argmax is the class of highest mean probability and cross-entropy on it is the
             cross-entropy of the averaged prediction (the usual way to score a randomized
             classifier, e.g. SAP's averaged outputs).
-        checkpoint: recompute each chunk's forward during backward (``torch.utils.checkpoint``
-            with the RNG state preserved, so the recomputed draws are the same) instead of
-            keeping every chunk's activations: memory stays at one chunk, for one extra
-            forward. None (default): only when the n*B images' activations exceed
-            ``memory_bytes``; True: whenever there is more than one chunk; False: never.
+        checkpoint: for a gradient of the output itself (autograd through ``forward``, not
+            :meth:`loss_gradient`), recompute each chunk's forward during backward
+            (``torch.utils.checkpoint`` with the RNG state preserved, so the recomputed draws
+            are the same) instead of keeping every chunk's activations: memory stays at one
+            chunk, for one extra forward. None (default): only when the n*B images'
+            activations exceed ``memory_bytes``; True: whenever there is more than one chunk;
+            False: never.
 
     Attributes: ``n``, ``reduce``, ``max_batch``, ``randomized = True``.
     """
@@ -132,10 +145,43 @@ class EOT(nn.Module):
                 else:
                     outs.append(self.model(chunk))
             out = torch.cat(outs)
-        out = out.view(self.n, batch, *out.shape[1:])
+        return self._reduce(out.view(self.n, batch, *out.shape[1:]))
+
+    def _reduce(self, draws: torch.Tensor) -> torch.Tensor:
+        """The EOT output from the (n, B, K) outputs of the draws."""
         if self.reduce == "logits":
-            return out.mean(0)
-        return torch.logsumexp(torch.log_softmax(out, dim=-1), dim=0) - math.log(self.n)
+            return draws.mean(0)
+        return torch.logsumexp(torch.log_softmax(draws, dim=-1), dim=0) - math.log(self.n)
+
+    def loss_gradient(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What an attack needs at ``x``: (loss (B,), gradient (B, ...), output (B, K)).
+
+        The gradient is the EOT gradient, ``grad_x 1/n sum_i loss_fn(model_i(x), y).sum()`` over
+        the n draws ``model_i`` (Athalye et al. 2018; AutoAttack's rand version averages the
+        same way): the loss is taken per draw, on that draw's (B, K) output, so ``loss_fn`` may
+        hold per-example tensors (a targeted loss's classes). Each chunk of whole draws
+        (``max_batch`` // B of them, at least one) is run forward and back-propagated at once,
+        and its gradient added up: one chunk's activations are alive at a time and none is
+        recomputed. The returned output (detached) is :meth:`forward`'s reduction of these
+        same draws, and the loss is ``loss_fn`` of it: the prediction the attack judges.
+        """
+        batch = x.shape[0]
+        per_chunk = max(1, self.chunk_size(x) // max(batch, 1))
+        grad = torch.zeros_like(x)
+        outs = []
+        for first in range(0, self.n, per_chunk):
+            draws = min(per_chunk, self.n - first)
+            chunk = x.detach().repeat(draws, *([1] * (x.dim() - 1))).requires_grad_(True)
+            with torch.enable_grad():
+                out = self.model(chunk)
+                per_draw = out.view(draws, batch, *out.shape[1:])
+                loss = sum(loss_fn(per_draw[i], y).sum() for i in range(draws))
+                (chunk_grad,) = torch.autograd.grad(loss, chunk)
+            grad += chunk_grad.view(draws, *x.shape).sum(0)
+            outs.append(per_draw.detach())
+        logits = self._reduce(torch.cat(outs))
+        return loss_fn(logits, y).detach(), grad / self.n, logits
 
     def _per_image_bytes(self, x: torch.Tensor) -> int:
         key = (tuple(x.shape[1:]), x.dtype, x.device)
@@ -197,9 +243,11 @@ class BPDA(nn.Module):
     Attributes: ``layers``, the names (in ``model.named_modules()``; "" for ``model`` itself) of
     the modules substituted, refreshed at each forward.
 
-    Combine with EOT as ``EOT(BPDA(model))``: the surrogates then also apply when EOT recomputes
-    a chunk during backward. (For ``BPDA(EOT(model))`` BPDA turns EOT's checkpointing off while
-    it runs, since a recomputation after BPDA's forward would miss the surrogates.)
+    Combine with EOT as ``EOT(BPDA(model))``: attacks then take EOT's chunked gradient
+    (:meth:`EOT.loss_gradient`) through the surrogates, which also apply when EOT recomputes a
+    chunk during backward. (``BPDA(EOT(model))`` is differentiated through EOT's output, and
+    BPDA turns EOT's checkpointing off while it runs, since a recomputation after BPDA's
+    forward would miss the surrogates.)
     """
 
     def __init__(self, model: nn.Module) -> None:
