@@ -108,7 +108,8 @@ def launch(study: Any, config: Launch, *, cells: list[str] | None = None,
         jobs[cell.id] = ex.submit(CellJob(study, cell.id))
         log(f"== cell {cell.id}: job {jobs[cell.id].job_id} ({config.launcher})")
         _record(study, config, cell.id, jobs[cell.id].job_id)
-    if config.launcher == "local" if wait is None else wait:
+    should_wait = config.launcher == "local" if wait is None else wait
+    if should_wait:
         for job in jobs.values():
             _wait(job)
     return {cid: job.job_id for cid, job in jobs.items()}
