@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import pickle
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from _results import setup, write_result
 from robustact.activations import KWTA
 from robustact.attacks import PGD
 from robustact.device import amp_dtype, select_device
+from robustact.distributed import local_torchrun
 from robustact.models import create_model
 
 RESNET18_SHAPES = [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4)]
@@ -152,19 +152,12 @@ def amp_rows(device: torch.device, batch: int, repeats: int) -> list[Row]:
     return rows
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _attack(args: argparse.Namespace, ckpt: Path, procs: int, out: Path) -> tuple[float, list]:
     attack = ["attack", "--checkpoint", str(ckpt), "--suite", "none", "--attacks",
               f"pgd:steps={args.pgd_steps}", "--eps", "8/255", "-n", str(args.shard_n),
               "--block", str(max(args.shard_n // 8, 1)), "--device", args.device,
               "--no-diagnostics", "--out", str(out)]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs),
-                "--master-addr", "127.0.0.1", "--master-port", str(_port()), "-m", "robustact"]
+    launcher = [*local_torchrun(procs), "robustact"]
     start = time.perf_counter()
     subprocess.run(launcher + attack, check=True, env=_env(), stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start

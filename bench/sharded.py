@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,12 +23,7 @@ import time
 from pathlib import Path
 
 from _results import setup, write_result
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from robustact.distributed import local_torchrun
 
 
 def train_checkpoint(out: Path, device: str) -> Path:
@@ -46,8 +40,7 @@ def attack_once(args: argparse.Namespace, procs: int, out: Path) -> tuple[float,
     attack = ["attack", "--checkpoint", str(args.checkpoint), "--suite", args.suite,
               "--attacks", args.attacks, "--eps", args.eps, "-n", str(args.n), "--block",
               str(args.block), "--device", args.device, "--no-diagnostics", "--out", str(out)]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs),
-                "--master-addr", "127.0.0.1", "--master-port", str(_port()), "-m"]
+    launcher = local_torchrun(procs)
     threads = max(1, (os.cpu_count() or 1) // procs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     command = [*launcher, "robustact", *attack] if procs > 1 else [sys.executable, "-m",

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
 from robustact.data import BatchLoader, load_dataset
+from robustact.distributed import free_port
 from robustact.errors import ConfigError
 from robustact.train import TrainConfig, load_model, train
 from robustact.train.checkpoint import load_checkpoint
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _worker(rank: int, port: int, out: str, results: str) -> None:
@@ -37,7 +31,7 @@ def _worker(rank: int, port: int, out: str, results: str) -> None:
 
 def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    mp.spawn(_worker, args=(_free_port(), str(out), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     for key, value in r0["state"].items():  # one model: identical weights in both processes
         assert torch.equal(value, r1["state"][key]), key

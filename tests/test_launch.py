@@ -64,11 +64,17 @@ def test_local_launcher_runs_a_two_cell_study(tmp_path: Path, postgres_database:
     assert status.count("COMPLETED") == 2 and status.count("done") == 2
 
 
-def test_launch_options_and_order(tmp_path: Path) -> None:
+def test_launch_options_and_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="--launcher slurm needs --partition"):
         Launch("slurm")
     with pytest.raises(ConfigError, match="--launcher must be one of slurm, local"):
         Launch("pbs")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM here: one line, not a traceback
+    with pytest.raises(ConfigError, match="needs SLURM's sbatch, which is not on PATH"):
+        Launch("slurm", partition="gpu")
+    sbatch = tmp_path / "sbatch"
+    sbatch.write_text("#!/bin/sh\n")
+    sbatch.chmod(0o755)
     assert Launch("slurm", partition="gpu", gpus_per_cell=4).tasks == 4
     assert Launch("local").tasks == 1
     study = load_study(_study(tmp_path))

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 import torch
 
 from robustact.cli import main
+from robustact.distributed import local_torchrun
 from robustact.errors import ConfigError
 from robustact.eval.shards import ShardDir, block_seed, plan, run_blocks
 
@@ -25,16 +25,8 @@ TRAIN = ["train", "--model", "small_cnn", "--dataset", "fashion_mnist", "--train
          "--epochs", "1", "--lr", "0.05"]
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _torchrun(args: list[str], procs: int = 2) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs),
-            "--master-addr", "127.0.0.1", "--master-port", str(_port()), "-m", "robustact",
-            *args]
+    return [*local_torchrun(procs), "robustact", *args]
 
 
 def _env() -> dict[str, str]:

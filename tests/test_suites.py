@@ -11,7 +11,7 @@ from torch import nn
 
 from robustact.errors import ConfigError
 from robustact.eval import evaluate
-from robustact.eval.randomness import judge, stable_samples
+from robustact.eval.randomness import judge, stable_eot, stable_samples
 from robustact.eval.stats import mcnemar_exact, significantly_more
 from robustact.eval.suites import autoattack_specs, canonical_suite, resolve_suite
 from robustact.models import create_model
@@ -164,3 +164,31 @@ def test_mcnemar_exact_matches_the_binomial_tail() -> None:
     assert mcnemar_exact(0, 0) == 1.0
     assert significantly_more(6, 0) and not significantly_more(5, 0)
     assert not significantly_more(3, 10)
+
+
+class NoisyGradient(nn.Module):
+    """Logits (0, 0) whatever the input, with the input gradient of the second logit equal to
+    ``w + sigma * noise`` (fresh noise per pass): the cross-entropy gradient of one pass is
+    ``(w + sigma * noise) / 2``, so two means of n passes agree to cosine
+    ``|w|^2 / (|w|^2 + sigma^2 d / n)`` (d = input size) up to a few percent."""
+
+    def __init__(self, w: torch.Tensor, sigma: float) -> None:
+        super().__init__()
+        self.w, self.sigma = nn.Parameter(w, requires_grad=False), sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        slope = (flat * (self.w + self.sigma * torch.randn_like(flat))).sum(1)
+        return torch.stack([torch.zeros_like(slope), slope - slope.detach()], 1)
+
+
+def test_stable_eot_stops_at_the_closed_form_number_of_passes() -> None:
+    torch.manual_seed(0)
+    d, noise = 256, 10.0  # |w| = 1, sigma^2 d = 10: c(n) = 1 / (1 + 10 / n), 0.8 at n = 40
+    w = torch.randn(d)
+    model = NoisyGradient(w / w.norm(), math.sqrt(noise / d))
+    x, y = torch.rand(40, 1, 16, 16), torch.zeros(40, dtype=torch.long)
+    passes, agreement = stable_eot(model, x, y)
+    assert passes % 8 == 0 and agreement >= 0.8
+    assert passes in (40, 48), passes  # a power of two would have been 64
+    assert abs(agreement - 1 / (1 + noise / passes)) < 0.05

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,3 +149,17 @@ def init_distributed(device: str) -> tuple[DistContext, torch.device]:
     if owns:
         dist.init_process_group(backend, rank=rank, world_size=world_size)
     return DistContext(rank, world_size, local_rank, owns), chosen
+
+
+def free_port() -> int:
+    """A TCP port free on this host now, for a local group's ``MASTER_PORT``."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def local_torchrun(procs: int) -> list[str]:
+    """The argv prefix that starts ``procs`` processes of a module on this host with torchrun
+    (append ``robustact`` and its arguments): ``[python, -m, torch.distributed.run, ..., -m]``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs),
+            "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m"]

@@ -6,8 +6,8 @@
   and the points on which they disagree (flips) are counted.
 - :func:`stable_samples`: the smallest power-of-two number of passes (from ``start``) at which
   two independent judgings of the clean inputs disagree on at most ``max_flip_rate`` of them.
-- :func:`stable_eot`: a power-of-two number of EOT passes at which two independent EOT
-  estimates of the input gradient agree (median cosine similarity at least ``min_cosine``),
+- :func:`stable_eot`: a number of EOT passes (a multiple of ``start``) at which two independent
+  EOT estimates of the input gradient agree (median cosine similarity at least ``min_cosine``),
   predicted from one measurement and checked.
 
 A deterministic model needs one pass for both; the functions then return at once.
@@ -90,28 +90,31 @@ def gradient_agreement(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n: in
 
 def stable_eot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, start: int = 8,
                limit: int = 128, min_cosine: float = 0.8) -> tuple[int, float]:
-    """(EOT passes, their gradient agreement): the smallest power of two from ``start`` whose
-    two independent gradient estimates agree to ``min_cosine`` (``limit`` if none does).
+    """(EOT passes, their gradient agreement): a multiple of ``start`` whose two independent
+    gradient estimates agree to ``min_cosine`` (``limit`` if none up to it does).
 
     Two estimates of n passes each agree to about ``c(n) = s / (s + v / n)`` (signal s, noise
-    v per pass), so one measurement at ``start`` predicts the n that reaches ``min_cosine``;
-    the search jumps there (rounded up to a power of two) and doubles on from it until the
-    measured agreement is reached."""
+    v per pass), so one measurement predicts the n that reaches ``min_cosine``. The search
+    jumps there (rounded up to a multiple of ``start``; a power of two would overshoot by up to
+    2x, and every attack and diagnostic of the evaluation pays for each pass) and, while the
+    measured agreement falls short, predicts again from the new measurement, at least one
+    ``start`` further."""
     was_training = model.training
     model.eval()
     try:
         n = start
         agreement = gradient_agreement(model, x, y, n)
         while agreement < min_cosine and n < limit:
-            n = min(limit, max(2 * n, _predicted_passes(n, agreement, min_cosine)))
+            n = min(limit, max(n + start, _predicted_passes(n, agreement, min_cosine, start)))
             agreement = gradient_agreement(model, x, y, n)
         return n, agreement
     finally:
         model.train(was_training)
 
 
-def _predicted_passes(n: int, agreement: float, target: float) -> int:
-    """The power of two at which ``c(n) = s / (s + v / n)`` reaches ``target``, from ``c(n)``."""
+def _predicted_passes(n: int, agreement: float, target: float, step: int) -> int:
+    """The multiple of ``step`` at which ``c(n) = s / (s + v / n)`` reaches ``target``, from
+    ``c(n)``."""
     agreement = min(max(agreement, 1e-3), 1 - 1e-6)
     needed = n * (target / (1 - target)) * ((1 - agreement) / agreement)
-    return 1 << max(0, math.ceil(math.log2(max(needed, 1.0))))
+    return step * max(1, math.ceil(needed / step))

@@ -17,6 +17,7 @@ detectron2, dora), pickles the cell with cloudpickle and reads job states from `
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,9 @@ class Launch:
             raise ConfigError("--gpus-per-cell must be >= 0 and --processes-per-cell >= 1")
         if self.launcher == "slurm" and not self.partition:
             raise ConfigError("--launcher slurm needs --partition NAME (sinfo lists them)")
+        if self.launcher == "slurm" and shutil.which("sbatch") is None:
+            raise ConfigError("--launcher slurm needs SLURM's sbatch, which is not on PATH: "
+                              "submit from a cluster's login node, or use --launcher local")
 
     @property
     def tasks(self) -> int:
@@ -172,6 +176,8 @@ def job_state(study: Any, job: dict[str, Any]) -> str:
     still runs and how it ended."""
     folder = Path(study.out) / "jobs"
     if job["launcher"] == "slurm":
+        if shutil.which("sacct") is None:
+            return "UNKNOWN (no sacct here)"
         import submitit
 
         return str(submitit.SlurmJob(folder, job["job_id"]).state)
