@@ -27,18 +27,26 @@ torch.set_num_threads(2)
 ACTS = ACTIVATIONS.names()  # relu, elu, swish, kwta, the KAFs, sap
 # Input (C, H, W) per model; AlexNet needs >= 63x63 (64 is the smallest convenient size).
 INPUT_SHAPES = {"small_cnn": (1, 28, 28), "alexnet": (3, 64, 64)}
+# The full-size WideResNets (36M and 46M parameters) are too slow for every activation on CPU;
+# the generic wide_resnet runs as WRN-10-1 (test_robustbench.py loads the full-size ones).
+HEAVY = {"wrn28_10", "wrn34_10"}
+SMALL_KWARGS = {"wide_resnet": {"depth": 10, "widen_factor": 1}}
 # Extra configurations run through the same checks as the registry defaults.
 VARIANTS = [
     ("resnet18", {"stem": "imagenet"}, (3, 64, 64)),
     ("resnet20", {"shortcut": "B"}, (3, 32, 32)),
+    ("wide_resnet", {"depth": 10, "widen_factor": 1, "padding": "same"}, (3, 32, 32)),
 ]
-CASES = [(name, {}, INPUT_SHAPES.get(name, (3, 32, 32))) for name in list_models()] + VARIANTS
+CASES = [
+    (name, SMALL_KWARGS.get(name, {}), INPUT_SHAPES.get(name, (3, 32, 32)))
+    for name in list_models() if name not in HEAVY
+] + VARIANTS
 CASE_IDS = [name + "".join(f"-{v}" for v in kw.values()) for name, kw, _ in CASES]
 # Activation sites per model (stem/blocks/classifier), counted from the architectures.
 SITES = {
     "small_cnn": 3, "resnet18": 17, "preact_resnet18": 17, "resnet20": 19, "resnet32": 31,
     "resnet44": 43, "resnet56": 55, "resnet110": 109, "alexnet": 7, "alexnet_cifar": 7,
-    "vgg_kaf": 7,
+    "vgg_kaf": 7, "wide_resnet": 7,  # WRN-d: d - 4 in the blocks, one before the pool
 }
 
 
@@ -133,10 +141,11 @@ def test_convert_activations_swaps_every_site() -> None:
 # --------------------------------------------------------------------------- shapes and sizes
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", sorted(set(list_models()) - HEAVY))
 def test_grayscale_seven_classes(name) -> None:
     size = 64 if name == "alexnet" else 28  # resnets and friends also run on 28x28 MNIST
     kwargs = {"input_size": 28} if name in ("alexnet_cifar", "vgg_kaf") else {}
+    kwargs.update(SMALL_KWARGS.get(name, {}))
     model = create_model(name, in_channels=1, num_classes=7, **kwargs).eval()
     assert model.normalize.mean.shape == (1, 1, 1, 1)
     with torch.no_grad():
@@ -165,6 +174,9 @@ def test_parameter_counts() -> None:
     assert num_params(create_model("alexnet", num_classes=1000)) == 61_100_840
     assert num_params(create_model("resnet18")) == 11_173_962  # the usual CIFAR ResNet18
     assert num_params(create_model("small_cnn")) < 500_000
+    # Zagoruyko & Komodakis: WRN-28-10 has 36.5M parameters, WRN-34-10 46.2M (10 classes).
+    assert num_params(create_model("wrn28_10")) == 36_479_194
+    assert num_params(create_model("wrn34_10")) == 46_160_474
 
 
 def test_resnet20_shortcut_a_is_parameter_free() -> None:
@@ -223,6 +235,16 @@ def test_bad_argument_names_model_and_argument() -> None:
         create_model("resnet18", stem="tiny")
     with pytest.raises(ConfigError, match="num_classes"):
         create_model("small_cnn", num_classes=0)
+    with pytest.raises(ConfigError, match=r"wide_resnet: depth must be 6n\+4.*got 20"):
+        create_model("wide_resnet", depth=20)
+    with pytest.raises(ConfigError, match=r"wide_resnet: padding must be one of"):
+        create_model("wide_resnet", depth=10, padding="valid")
+    with pytest.raises(ConfigError, match=r"'wrn28_10' has no argument 'depth'"):
+        create_model("wrn28_10", depth=16)
+    with pytest.raises(ConfigError, match=r"preact_resnet18: shortcut_from must be one of"):
+        create_model("preact_resnet18", shortcut_from="out")
+    with pytest.raises(ConfigError, match=r"preact_resnet18: padding must be one of"):
+        create_model("preact_resnet18", padding="valid")
 
 
 def test_none_arguments_keep_defaults() -> None:
@@ -233,8 +255,10 @@ def test_none_arguments_keep_defaults() -> None:
 
 def test_registry_contents() -> None:
     for name in ("small_cnn", "resnet18", "preact_resnet18", "resnet20", "resnet32",
-                 "resnet56", "alexnet", "alexnet_cifar", "vgg_kaf"):
+                 "resnet56", "alexnet", "alexnet_cifar", "vgg_kaf", "wide_resnet", "wrn28_10",
+                 "wrn34_10", "WideResNet-28-10", "wideresnet-34-10"):
         assert name in MODELS
+    assert MODELS.resolve("wideresnet-34-10") == "wrn34_10"
     assert create_model("Small-CNN").__class__.__name__ == "SmallCNN"
 
 

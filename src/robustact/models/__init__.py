@@ -31,8 +31,10 @@ from robustact.models.resnet import (
     resnet56,
     resnet110,
 )
+from robustact.models.robustbench import load_robustbench_state
 from robustact.models.small_cnn import SmallCNN
 from robustact.models.vgg import VGGKAF
+from robustact.models.wide_resnet import WideResNet, wrn28_10, wrn34_10
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -50,9 +52,11 @@ __all__ = [
     "ResNet18",
     "SmallCNN",
     "VGGKAF",
+    "WideResNet",
     "alexnet_key_map",
     "create_model",
     "list_models",
+    "load_robustbench_state",
     "load_torchvision_weights",
     "model_arguments",
     "resnet18_key_map",
@@ -61,4 +65,6 @@ __all__ = [
     "resnet44",
     "resnet56",
     "resnet110",
+    "wrn28_10",
+    "wrn34_10",
 ]

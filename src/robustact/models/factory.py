@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +13,7 @@ from robustact.activations import get_act_layer
 from robustact.errors import ConfigError
 from robustact.models.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_torchvision_weights
 from robustact.models.registry import MODELS, ModelCtor
+from robustact.models.weights import resolve_weights
 
 PRETRAINED_MODELS = ("resnet18", "alexnet")
 EXTRA_ARGS = ("act_kwargs", "pretrained")
@@ -28,9 +30,10 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
     Keyword arguments whose value is None are dropped (unset CLI flags keep the defaults).
     ``act_kwargs`` (a dict) goes to ``get_act_layer`` with ``act_layer``. ``pretrained``
-    (a ``.pth`` path or a state dict in torchvision format; resnet18 with stem='imagenet' and
-    alexnet only) builds the model with ImageNet mean/std unless given, then loads the
-    weights; the load report is kept as ``model.pretrained_report``.
+    (a ``.pth`` path, a published name fetched by ``robustact weights fetch`` such as
+    ``resnet18-imagenet``, or a state dict in torchvision format; resnet18 with
+    stem='imagenet' and alexnet only) builds the model with ImageNet mean/std unless given,
+    then loads the weights; the load report is kept as ``model.pretrained_report``.
     Raises UnknownNameError for an unknown model, ConfigError for a bad argument.
     """
     key = MODELS.resolve(name)
@@ -43,6 +46,8 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         kwargs["act_layer"] = _act_with_kwargs(key, kwargs, act_kwargs)
     if pretrained is not None and pretrained is not False:
         _check_pretrained(key, kwargs)
+        if isinstance(pretrained, str | os.PathLike):
+            pretrained = resolve_weights(pretrained)  # a path, or a fetched published name
         kwargs.setdefault("mean", IMAGENET_MEAN)
         kwargs.setdefault("std", IMAGENET_STD)
     model = _build(key, ctor, kwargs)

@@ -26,6 +26,8 @@ from robustact.models.registry import MODELS
 
 STEMS = ("cifar", "imagenet")
 SHORTCUTS = ("A", "B")
+SHORTCUT_INPUTS = ("preact", "input")
+PADDINGS = ("symmetric", "same")  # "same": DeepMind's right/bottom padding of stride-2 convs
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -126,28 +128,44 @@ class PreActBlock(nn.Module):
     """Pre-activation block: BN-act-conv3x3, BN-act-conv3x3, plus shortcut (no act after add).
 
     As in Wong et al.'s code, a projection shortcut (1x1 conv, no BN) is applied to the
-    pre-activated input; the identity shortcut to the raw input.
+    pre-activated input (``shortcut_from="preact"``); ``"input"`` applies it to the raw input,
+    as RobustBench's ``PreActBlock``. The identity shortcut always takes the raw input.
+    ``padding="same"`` is DeepMind's block (RobustBench's DMPreActResNet): stride-2 3x3 convs
+    padded right/bottom only, and a 3x3 projection shortcut, padded alike.
     Shapes: (B, in_planes, H, W) -> (B, planes, H / stride, W / stride).
     """
 
-    def __init__(self, in_planes: int, planes: int, stride: int, act: ActLayer) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int, act: ActLayer,
+                 shortcut_from: str = "preact", padding: str = "symmetric") -> None:
         super().__init__()
+        same = padding == "same"
+        self.shortcut_from = shortcut_from
+        self.pad = ((1, 1, 1, 1) if stride == 1 else (0, 1, 0, 1)) if same else None
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.act1 = act()
-        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=0 if same else 1,
+                               bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.act2 = act()
         self.conv2 = conv3x3(planes, planes)
         self.shortcut: nn.Module | None = None
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(conv1x1(in_planes, planes, stride))
+            project = (nn.Conv2d(in_planes, planes, 3, stride=stride, bias=False) if same
+                       else conv1x1(in_planes, planes, stride))
+            self.shortcut = nn.Sequential(project)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act1(self.bn1(x))
-        shortcut = x if self.shortcut is None else self.shortcut(out)
-        out = self.conv1(out)
+        if self.shortcut is None:
+            shortcut = x
+        else:
+            shortcut = self.shortcut(self._pad(out if self.shortcut_from == "preact" else x))
+        out = self.conv1(self._pad(out))
         out = self.conv2(self.act2(self.bn2(out)))
         return out + shortcut
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.pad is None else F.pad(x, self.pad)
 
 
 @MODELS.register("preact_resnet18", aliases=("preactresnet18",))
@@ -156,24 +174,33 @@ class PreActResNet18(nn.Module):
 
     3x3 stem conv (64, no BN), PreActBlocks [2, 2, 2, 2] with widths 64..512, final BN-act,
     global average pool (adaptive: 4x4 on 32x32 inputs, as the original), linear.
+    ``final_bn=False`` drops the final BN-act and ``shortcut_from="input"`` feeds projection
+    shortcuts the raw input: RobustBench's ``PreActResNet18()`` (Wong2020Fast); the defaults
+    are its ``PreActBlockV2`` with ``bn_before_fc=True`` (Rice2020Overfitting).
+    ``padding="same"`` with ``shortcut_from="input"`` is DeepMind's PreActResNet-18
+    (RobustBench's DMPreActResNet, Rebuffi2021Fixing_R18), see :class:`PreActBlock`.
     Shapes: input (B, in_channels, H, W) in [0, 1]; output logits (B, num_classes).
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, act_layer: Any = "relu",
-                 mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> None:
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 final_bn: bool = True, shortcut_from: str = "preact",
+                 padding: str = "symmetric") -> None:
         super().__init__()
         check_model_args("preact_resnet18", num_classes, in_channels)
+        check_choice("preact_resnet18", "shortcut_from", shortcut_from, SHORTCUT_INPUTS)
+        check_choice("preact_resnet18", "padding", padding, PADDINGS)
         act, self.normalize = act_and_normalize(act_layer, mean, std, in_channels)
         self.conv1 = conv3x3(in_channels, 64)
         widths = ((64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2))
         for index, (in_planes, planes, stride) in enumerate(widths, start=1):
             layer = nn.Sequential(
-                PreActBlock(in_planes, planes, stride, act), PreActBlock(planes, planes, 1, act)
+                PreActBlock(in_planes, planes, stride, act, shortcut_from, padding),
+                PreActBlock(planes, planes, 1, act, shortcut_from, padding),
             )
             self.add_module(f"layer{index}", layer)
-        self.bn = nn.BatchNorm2d(512)
-        self.act = act()
+        self.bn = nn.BatchNorm2d(512) if final_bn else nn.Identity()
+        self.act = act() if final_bn else nn.Identity()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(512, num_classes)
         init_conv_bn(self)
