@@ -12,7 +12,7 @@ SRC = Path(__file__).parents[1] / "src" / "robustact"
 
 #: lowest first; a package may import its own modules and those of lower layers only
 LAYERS = [
-    {"", "errors", "registry", "device", "files", "options", "distributed"},
+    {"", "errors", "registry", "device", "files", "options", "distributed", "locks"},
     {"data", "activations", "attacks"},
     {"defenses"},
     {"models"},

@@ -414,6 +414,7 @@ def test_lookup_layouts_and_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_missing_without_download_says_how(tmp_path: Path, isolated: list[str]) -> None:
+    (tmp_path / "nowhere").mkdir()  # an empty folder (a folder that does not exist: test_inputs)
     with pytest.raises(DataError) as info:
         load_dataset("mnist", data_dir=tmp_path / "nowhere", download=False)
     message = str(info.value)
@@ -461,6 +462,7 @@ def test_fetch_downloads_and_loads(http_root: tuple[Path, str], tmp_path: Path,
     written = make_idx_dataset(served)
     serve_spec(monkeypatch, "mnist", base, sorted(served.iterdir()))
     data_dir = tmp_path / "data"
+    data_dir.mkdir()
     folder = fetch_dataset("mnist", data_dir, progress=False)
     assert folder == data_dir / "mnist" and len(list(folder.iterdir())) == 4
     ds = load_dataset("mnist", "test", data_dir=data_dir, download=False)
@@ -486,6 +488,7 @@ def test_fetch_checksum_mismatch(http_root: tuple[Path, str], tmp_path: Path,
     make_idx_dataset(served)
     serve_spec(monkeypatch, "mnist", base, sorted(served.iterdir()),
                wrong_sum_for="t10k-labels-idx1-ubyte.gz")
+    (tmp_path / "data").mkdir()
     with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz downloaded .* expected 0+"):
         fetch_dataset("mnist", tmp_path / "data", progress=False)
     assert not (tmp_path / "data" / "mnist" / "t10k-labels-idx1-ubyte.gz").exists()
@@ -497,6 +500,7 @@ def test_fetch_cifar_archive(http_root: tuple[Path, str], tmp_path: Path,
     written = make_cifar(tmp_path / "src")
     tar_folder(tmp_path / "src" / "cifar-10-batches-py", served / "cifar-10-python.tar.gz")
     serve_spec(monkeypatch, "cifar10", base, [served / "cifar-10-python.tar.gz"])
+    (tmp_path / "data").mkdir()
     folder = fetch_dataset("cifar10", tmp_path / "data", progress=False)
     assert folder == tmp_path / "data" / "cifar10" / "cifar-10-batches-py"
     ds = load_dataset("cifar10", "test", data_dir=tmp_path / "data", download=False)
@@ -510,6 +514,7 @@ def test_no_network_says_where_to_put_files(tmp_path: Path, monkeypatch: pytest.
                  for r in spec.remote_files)
     monkeypatch.setitem(DATASETS._entries, "fashion_mnist",
                         dataclasses.replace(spec, remote_files=dead))
+    (tmp_path / "d").mkdir()
     with pytest.raises(DataError) as info:
         fetch_dataset("fashion-mnist", tmp_path / "d", progress=False)
     message = str(info.value)
@@ -517,7 +522,10 @@ def test_no_network_says_where_to_put_files(tmp_path: Path, monkeypatch: pytest.
     assert "train-labels-idx1-ubyte.gz" in message
     assert str(tmp_path / "d" / "fashion_mnist") in message
     assert "\n" not in message
-    assert isolated == ["dataset-fashion-mnist"]  # apt-get was tried first
+    assert isolated == []  # an explicit data folder: no system copy installed beside it
+    with pytest.raises(DataError):
+        fetch_dataset("fashion-mnist", progress=False)
+    assert isolated == ["dataset-fashion-mnist"]  # no data folder: apt-get is tried first
 
 
 def test_fetch_uses_apt_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ test_sap.py; the sample std of n normal draws has standard error ~ s / sqrt(2 n)
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -335,3 +336,53 @@ def test_eot_recomputation_sees_the_same_sap_draws() -> None:
         grads.append((out, torch.autograd.grad(out.square().sum(), xr)[0]))
     assert torch.equal(grads[0][0], grads[1][0])
     assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
+
+
+def test_list_defenses_shows_every_registered_defense_with_its_parameters(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from robustact.cli import main
+    from robustact.defenses import list_defenses
+
+    assert main(["list", "defenses"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == list_defenses()
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["sap"][1:4] == ["activation", "frac=1.0,", "method=multinomial"]
+    assert rows["rnw"][1:3] == ["weight", "s"]
+
+
+def test_attack_cli_applies_a_posthoc_defense_as_the_python_api_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``attack --sap 1.0``: the same robust accuracy as apply_sap + evaluate on the same
+    points and seed; ``--defense`` with a bad value is one line before any work."""
+    import json
+
+    from robustact.cli import main
+    from robustact.data import BatchLoader, load_dataset
+    from robustact.eval import evaluate
+    from robustact.eval.robustness import collect
+    from robustact.models.checkpoint import load_model
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", "small_cnn", "--train-subset", "512", "--test-subset", "64",
+                 "--epochs", "1", "--device", "cpu", "--no-progress", "--out", str(run)]) == 0
+    flags = ["--suite", "none", "--attack", "pgd:steps=5,eot=4", "--samples", "4", "--eps",
+             "0.1", "-n", "24", "--seed", "3", "--no-diagnostics", "--device", "cpu"]
+    assert main(["attack", "--checkpoint", str(run), "--sap", "1.0", *flags,
+                 "--out", str(tmp_path / "sap")]) == 0
+    record = json.loads((tmp_path / "sap.json").read_text())
+    assert record["defense"] == {"defense": "sap", "frac": 1.0} and record["randomized"]
+    model, _ = load_model(run, torch.device("cpu"))
+    apply_sap(model, frac=1.0)
+    x, y = collect(BatchLoader(load_dataset("fashion_mnist", "test").subset(24), 512), 24)
+    report = evaluate(model, (x, y), ["pgd:steps=5,eot=4"], [0.1], n_samples=4, seed=3,
+                      diagnose=False)
+    cli_rows = {r["attack"]: (r["robust_accuracy"], r["robust"]) for r in record["rows"]}
+    api_rows = {r["attack"]: (r["robust_accuracy"], r["robust"]) for r in report.rows()}
+    assert cli_rows == api_rows and "worst_case" in cli_rows
+    capsys.readouterr()
+    assert main(["attack", "--checkpoint", str(run), "--defense", "rnw:s=-1", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --defense: "), err
+    assert main(["attack", "--checkpoint", str(run), "--defense", "nosuch", *flags]) == 2
+    assert "unknown defense 'nosuch'" in capsys.readouterr().err

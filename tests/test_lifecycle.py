@@ -64,9 +64,13 @@ def test_the_store_alone_says_what_is_done(tmp_path: Path) -> None:
     assert run_cell(store, "s", work, log=lambda _m: None).status == "done"
     assert store.run("s", "a")["seed"] == 7 and store.run("s", "a")["config_hash"] == "t1"
     assert work.calls == ["train", "evaluate"] and cell_status(store, "s", work) == ("done", None)
-    assert not any((tmp_path / "a").glob("*"))  # no per-cell state file
+    # no per-cell state file: only the cell's lock, empty while nobody holds it
+    assert [p.name for p in (tmp_path / "a").glob("*")] == [".cell.lock"]
+    assert (tmp_path / "a" / ".cell.lock").read_text() == ""
+    times = store.run("s", "a")["train_seconds"], store.run("s", "a")["eval_seconds"]
     run_cell(store, "s", work, log=lambda _m: None)
     assert work.calls == ["train", "evaluate", "train"]  # the stored evaluation is reused
+    assert (store.run("s", "a")["train_seconds"], store.run("s", "a")["eval_seconds"]) == times
     work.eval_key = "e2"
     status, why = cell_status(store, "s", work)
     assert status == "stale" and "evaluated with other settings" in why
@@ -83,15 +87,43 @@ def test_a_failing_cell_is_recorded_with_its_traceback(tmp_path: Path) -> None:
     assert "RuntimeError: boom" in (tmp_path / "b" / "error.log").read_text()
 
 
+def test_a_held_cell_is_refused_or_waited_for_and_a_dead_owner_is_interrupted(
+        tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from robustact.errors import BusyError
+    from robustact.locks import Owner, hold
+
+    store = ResultsStore(tmp_path / "results.sqlite")
+    work = FakeWork(FakeCell("c", tmp_path / "c"))
+    held = rf"cell c is held by pid {os.getpid()} on host"
+    # held as another process would hold it
+    with hold(tmp_path / "c" / ".cell.lock", "cell c"), pytest.raises(BusyError, match=held):
+        run_cell(store, "s", work, log=lambda _m: None, wait=False)
+    assert work.calls == [] and cell_status(store, "s", work) == ("not run", None)
+    store.record_run("s", "c", config={}, config_hash="t1", status="running")
+    assert cell_status(store, "s", work) == ("running", None)  # this process: alive
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = Owner(int(gone.stdout), os.uname().nodename, "2026-01-01T00:00:00+00:00")
+    store.record_run("s", "c", config={}, config_hash="t1", status="running", owner=dead)
+    status, why = cell_status(store, "s", work)
+    assert status == "interrupted" and f"pid {dead.pid}" in why and "rerun the cell" in why
+    assert run_cell(store, "s", work, log=lambda _m: None).status == "done"
+    assert store.run("s", "c")["owner_pid"] is None
+
+
 def test_eval_config_defaults_spelling_and_hash() -> None:
     config = EvalConfig.from_dict({"eps": ["8/255", 0.1]})
     assert config.eps == (8 / 255, 0.1) and config.n == 1000 and config.suite == "adaptive"
     assert config.hash() == EvalConfig.from_dict({"eps": [8 / 255, 0.1], "n": 1000}).hash()
     assert config.hash() != EvalConfig.from_dict({"eps": [8 / 255, 0.1], "n": 500}).hash()
     assert config["eps"] == [8 / 255, 0.1] and config.get("nope", 3) == 3
-    for bad, message in [({"eps": ["x/255"]}, "eps must be a number or N/255"),
-                         ({"eps": [0.1], "attacks": "fgsm"}, "attacks must be a list"),
-                         ({"eps": [0.1], "n": 0}, "n must be a positive integer"),
+    for bad, message in [({"eps": ["x/255"]}, "eps: must be a number or N/255"),
+                         ({"eps": [0.1], "attacks": "fgsm"}, "attacks: must be a list"),
+                         ({"eps": [0.1], "n": 0}, "n: must be >= 1, got 0"),
                          ({"eps": [0.1], "restarts": 2}, "unknown evaluate key"),
                          ({"eps": []}, "needs eps")]:
         with pytest.raises(ConfigError, match=message):

@@ -281,7 +281,7 @@ def test_a_newer_schema_is_refused(store_url: str) -> None:
 def test_bad_sqlite_files(tmp_path: Path) -> None:
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"not a database at all" * 100)
-    with pytest.raises(StoreError, match="not usable|cannot open"):
+    with pytest.raises(StoreError, match=r"junk.sqlite is damaged .*move it away"):
         ResultsStore(junk)
     with pytest.raises(ConfigError, match="is a directory"):
         ResultsStore(tmp_path)
@@ -335,6 +335,44 @@ def test_a_store_written_by_earlier_versions_opens_and_grows(tmp_path: Path) -> 
         assert [conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                 for t in ("runs", "epochs", "results", "evaluations")] == [0, 0, 0, 0]
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+        assert {"owner_pid", "owner_host", "heartbeat"} <= columns
+
+
+def test_an_earlier_version_store_reads_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OLD_SQLITE_SCHEMA)
+    store = ResultsStore(path, readonly=True)  # not migrated: read-only
+    assert [r["cell"] for r in store.runs("old")] == ["relu"] and store.integrity() == "ok"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+def test_running_runs_name_their_owner_and_the_integrity_check(store_url: str) -> None:
+    import os
+
+    from robustact.results.owners import run_status
+
+    store = ResultsStore(store_url)
+    run_id = store.record_run("s", "c", config={}, config_hash="h", status="running")
+    run = store.run("s", "c")
+    assert run["owner_pid"] == os.getpid() and run["heartbeat"] and run_status(run) == "running"
+    store.record_run("s", "c", config={}, config_hash="h", status="done")
+    assert store.run("s", "c")["owner_pid"] is None and store.integrity() == "ok"
+    store.record_run("s", "d", config={}, config_hash="h", status="running")
+    assert not store.mark_interrupted(run_id, "gone")  # done: left as it is
+    assert store.mark_interrupted(store.run("s", "d")["id"], "interrupted: gone")
+    assert store.run("s", "d")["status"] == "failed"
+    orphan = "INSERT INTO epochs (run_id, epoch, metrics) VALUES (999, 1, '{}')"
+    if is_sqlite(store_url):
+        with sqlite3.connect(store_url) as conn:  # foreign keys are off by default here
+            conn.execute(orphan)
+    else:
+        with psycopg.connect(store_url) as conn:
+            conn.execute("SET session_replication_role = replica")  # no foreign-key triggers
+            conn.execute(orphan)
+    assert "1 epochs rows belong to no run" in store.integrity()
 
 
 def test_training_label() -> None:

@@ -135,7 +135,7 @@ def test_seed_and_block_enter_the_hash_only_when_set() -> None:
     assert base.hash() == EvalConfig.from_dict({"eps": [0.1], "seed": 0, "block": 256}).hash()
     assert base.hash() != EvalConfig.from_dict({"eps": [0.1], "seed": 1}).hash()
     assert base.hash() != EvalConfig.from_dict({"eps": [0.1], "block": 64}).hash()
-    with pytest.raises(ConfigError, match="block must be a positive integer"):
+    with pytest.raises(ConfigError, match="block: must be >= 1, got 0"):
         EvalConfig.from_dict({"eps": [0.1], "block": 0})
 
 

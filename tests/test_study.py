@@ -22,7 +22,8 @@ def write_study(tmp_path: Path, **extra: object) -> Path:
     data = {"name": "tiny", "out": str(tmp_path / "out"), "train": TRAIN,
             "grid": {"activation": ["relu"], "seed": [0]},
             "cells": [{"id": "kwta", "activation": "kwta", "act_kwargs": {"ratio": 0.2}},
-                      {"id": "broken", "activation": "nosuch"}],
+                      {"id": "broken", "activation": "relu", "seed": 1,
+                       "finetune_from": str(tmp_path / "missing.pt")}],
             "evaluate": {"eps": [0.1], "n": 40, "suite": "none",
                          "attacks": ["fgsm", "pgd:steps=3"], "probe_size": 40}}
     data.update(extra)
@@ -38,13 +39,13 @@ def test_study_runs_cells_skips_finished_work_and_records_failures(tmp_path: Pat
     logs: list[str] = []
     results = run_study(study, log=logs.append)
     assert [r.status for r in results] == ["done", "done", "failed"]
-    assert "unknown activation 'nosuch'" in results[2].error
+    assert "missing.pt not found" in results[2].error  # the cells before it are kept
     for cell in ("relu-0", "kwta"):
         record = json.loads((tmp_path / "out" / cell / "robustness.json").read_text())
         assert record["n"] == 40 and record["diagnostics"]["verdict"]
         assert {r["attack"] for r in record["rows"]} >= {"fgsm", "pgd", "worst_case"}
     table = (tmp_path / "out" / "results.md").read_text()
-    assert "| relu-0 | relu | standard |" in table and "failed: UnknownNameError" in table
+    assert "| relu-0 | relu | standard |" in table and "failed: CheckpointError" in table
     ckpt = tmp_path / "out" / "relu-0" / "checkpoint.pt"
     robustness = tmp_path / "out" / "relu-0" / "robustness.json"
     stamps = ckpt.stat().st_mtime_ns, robustness.stat().st_mtime_ns

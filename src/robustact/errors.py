@@ -25,3 +25,11 @@ class DataError(RobustactError):
 
 class CheckpointError(RobustactError):
     """A checkpoint file is missing, unreadable or does not match the requested model."""
+
+
+class InputError(RobustactError, ValueError):
+    """Data given to an attack or an evaluation is unusable: empty, or not finite (NaN, inf)."""
+
+
+class BusyError(RobustactError):
+    """Another live process holds the work (a training run, a cell, a store migration)."""

@@ -3,6 +3,8 @@
 Every configuration of the package (training, evaluation, DQN, study files) is read by
 :func:`load_config_file`, built by :func:`from_options` and identified by :func:`short_hash`
 (:class:`OptionsMixin` gives a dataclass of options ``to_dict``, ``from_dict``, ``hash``).
+Values are checked by pydantic schemas (:class:`Schema`, :func:`check_schema`): a
+``ValidationError`` becomes one ``ConfigError`` line, ``<key>: <what is wrong>; <what to do>``.
 An eps (or FGSM lambda) is spelled the same way everywhere: a number or a fraction string
 such as ``"8/255"`` (:func:`parse_eps`).
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from robustact.errors import ConfigError
 
@@ -64,30 +67,148 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (or JSON) file of options; returns a plain dict."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
+        raise ConfigError(f"config file {path} not found; give the path of a YAML file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not text (a binary file?); give a YAML file "
+                          "of options") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror}); check its "
+                          "permissions") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, ValueError) as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of options")
+        raise ConfigError(f"config file {path} must hold a mapping of options (key: value "
+                          f"lines), got a {type(data).__name__}")
     return data
 
 
-def parse_eps(value: Any, *, what: str = "eps", high: float = 1.0) -> float:
+class Schema(BaseModel):
+    """Base of the pydantic schemas that check option values: strict types (YAML and argparse
+    give real numbers and booleans), no unknown keys, no NaN or infinity. A field's
+    ``description`` says what to do when its value is wrong."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class OptionError(ConfigError):
+    """A bad option value, by key: ``<key>: <what is wrong>; <what to do>``. Callers add where
+    it was given (:func:`within`), or name the command-line flag instead of the key."""
+
+    def __init__(self, key: str, problem: str, hint: str) -> None:
+        self.key, self.problem, self.hint = key, problem, hint
+        super().__init__(f"{key}: {problem}; {hint}")
+
+    def as_flag(self, flag: str) -> ConfigError:
+        """The same error, naming a command-line flag: ``--n must be >= 1, got 0; ...``."""
+        return ConfigError(f"{flag} {self.problem}; {self.hint}")
+
+
+def within(where: str, exc: ConfigError) -> ConfigError:
+    """``exc`` with where it happened in front: ``<where>, <key>: ...`` for an
+    :class:`OptionError`, ``<where>: <message>`` for another error."""
+    if isinstance(exc, OptionError):
+        return OptionError(f"{where}, {exc.key}", exc.problem, exc.hint)
+    return ConfigError(f"{where}: {exc}")
+
+
+def check_schema(schema: type[Schema], data: dict[str, Any], where: str = "",
+                 prefix: str = "") -> None:
+    """Check ``data`` against ``schema``; the first problem is one :class:`OptionError` line,
+    ``[where, ]<prefix><key>: <what is wrong>; <what to do>``. The values themselves are not
+    converted (a configuration's hash is the hash of what was given)."""
+    try:
+        schema.model_validate(data)
+    except ValidationError as exc:
+        error = schema_error(schema, exc, prefix)
+        raise (within(where, error) if where else error) from None
+
+
+def schema_error(schema: type[Schema], exc: ValidationError, prefix: str = "") -> OptionError:
+    """The :class:`OptionError` of the first error of a schema's ``ValidationError`` (the key
+    path joined by dots: ``adversarial.eps``)."""
+    error = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in error["loc"]]
+    key = prefix + (loc[0] if loc else "value") + "".join(
+        _key_part(part) for part in error["loc"][1:])
+    field = schema.model_fields.get(loc[0]) if loc else None
+    hint = field.description if field is not None and field.description else "fix the value"
+    if error["type"] == "extra_forbidden":
+        top = len(loc) == 1
+        return OptionError(key, "is not a known key", f"valid keys: "
+                           f"{', '.join(sorted(schema.model_fields))}" if top else hint)
+    return OptionError(key, _problem(error), hint)
+
+
+#: the type tags pydantic puts in an error's location when a union's member fails
+_TYPE_TAGS = frozenset({"int", "float", "str", "bool", "dict", "list", "tuple", "none"})
+
+
+def _key_part(part: int | str) -> str:
+    """A list index (``[2]``) or a nested key (``.n``) of an error's location; the names of
+    the union members pydantic tried (``int``, ``constrained-int``, ``CalibrationSchema``)
+    are left out."""
+    if isinstance(part, int):
+        return f"[{part}]"
+    if part.isidentifier() and part[0].islower() and part not in _TYPE_TAGS:
+        return f".{part}"
+    return ""
+
+
+_PROBLEMS = {
+    "int_type": "must be an integer", "int_parsing": "must be an integer",
+    "int_from_float": "must be a whole number", "float_type": "must be a number",
+    "float_parsing": "must be a number", "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false", "string_type": "must be a text",
+    "dict_type": "must be a mapping (key: value)", "list_type": "must be a list",
+    "model_type": "must be a mapping (key: value)",
+    "tuple_type": "must be a list", "finite_number": "must be a finite number",
+    "missing": "is required",
+}
+
+
+def _problem(error: Any) -> str:
+    """``must be ..., got X`` for one pydantic error."""
+    kind, got = error["type"], error.get("input")
+    ctx = {k: f"{v:g}" if isinstance(v, int | float) else v
+           for k, v in (error.get("ctx") or {}).items()}
+    bounds = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}",
+              "less_than": "< {lt}", "less_than_equal": "<= {le}"}
+    if kind in bounds:
+        text = "must be " + bounds[kind].format(**ctx)
+    elif kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    elif kind == "literal_error":
+        text = f"must be one of {ctx.get('expected', '')}"
+    else:
+        text = _PROBLEMS.get(kind, error["msg"].lower())
+    return text if kind == "missing" else f"{text}, got {got!r}"
+
+
+def parse_eps(value: Any, *, what: str = "eps", high: float = 1.0,
+              key: str | None = None) -> float:
     """An eps from a number or a fraction string (``0.1``, ``"8/255"``), checked to lie in
-    [0, ``high``] on the [0, 1] image scale."""
+    [0, ``high``] on the [0, 1] image scale. With ``key``, an error is an
+    :class:`OptionError` of that key (``adversarial.eps: must be ...``)."""
     if isinstance(value, str):
         head, sep, tail = value.partition("/")
         try:
             number = float(head) / float(tail) if sep else float(head)
         except (ValueError, ZeroDivisionError):
-            raise ConfigError(f"{what} must be a number or N/255, got {value!r}") from None
+            number = math.nan
     elif isinstance(value, int | float) and not isinstance(value, bool):
         number = float(value)
     else:
-        raise ConfigError(f"{what} must be a number or N/255, got {value!r}")
-    if not 0 <= number <= high or math.isnan(number):
-        raise ConfigError(f"{what} must be in [0, {high:g}] on the [0, 1] image scale, got "
-                          f"{value!r}")
-    return number
+        number = math.nan
+    if math.isnan(number):
+        problem = f"must be a number or N/255, got {value!r}"
+    elif not 0 <= number <= high:
+        problem = f"must be in [0, {high:g}] on the [0, 1] image scale, got {value!r}"
+    else:
+        return number
+    if key is not None:
+        raise OptionError(key, problem, "give e.g. 0.1 or 8/255")
+    raise ConfigError(f"{what} {problem}; give e.g. 0.1 or 8/255")

@@ -32,6 +32,9 @@ def create_act(name: str, **kwargs: Any) -> nn.Module:
         return ctor(**kwargs)
     except TypeError as exc:  # unexpected keyword: say which activation refused it
         raise ConfigError(f"activation {name!r}: {exc}") from None
+    except ValueError as exc:  # a value of the wrong kind, e.g. ratio='abc'
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise ConfigError(f"activation {name!r} ({given}): {str(exc).splitlines()[0]}") from None
 
 
 def get_act_layer(act: str | ActLayer | None = "relu", **kwargs: Any) -> ActLayer:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from robustact.attacks.losses import target_classes
-from robustact.errors import ConfigError
+from robustact.errors import ConfigError, InputError
 
 #: the norms attacks can bound; an attack lists the ones it implements in ``norms``
 ALL_NORMS = ("linf", "l2", "l1")
@@ -158,6 +158,7 @@ class Attack:
         start = time.perf_counter()
         generator_state = self._seed(device)
         outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        bad_logits = torch.zeros((), dtype=torch.int64, device=device)
         try:
             for lo in range(0, x.shape[0], self.batch_size):
                 xb = x[lo:lo + self.batch_size].to(device)
@@ -168,9 +169,11 @@ class Attack:
                 if logits is None or not torch.equal(projected, adv):
                     with torch.no_grad():  # judge the returned points (unless run already did)
                         logits = counter(projected)
+                bad_logits += non_finite_rows(logits)
                 wrong = logits.argmax(1) != yb
                 adv = projected
                 outputs.append((adv, wrong, counter.counts.clone()))
+            check_logits(self.name, int(bad_logits), x.shape[0])
         finally:
             model.train(was_training)
             _restore_seed(generator_state)
@@ -399,14 +402,44 @@ def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def check_inputs(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One-line errors for inputs no attack can use: not float images with one label each
+    (ConfigError), an empty batch or NaN / inf pixels (InputError), pixels outside [0, 1]."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ConfigError(f"{name}: x must be a float tensor of images in [0, 1]")
     if x.dim() < 2 or y.dim() != 1 or y.shape[0] != x.shape[0]:
         raise ConfigError(f"{name}: expected x (N, ...) and labels y (N,), got {tuple(x.shape)} "
                           f"and {tuple(y.shape)}")
+    check_images(name, x)
     if x.numel() and (x.min() < 0 or x.max() > 1):
         raise ConfigError(f"{name}: inputs must be in [0, 1] (got {x.min().item():.3g}.."
                           f"{x.max().item():.3g}); normalization belongs inside the model")
+
+
+def check_images(name: str, x: torch.Tensor) -> None:
+    """An :class:`InputError` when the batch ``x`` (N, ...) is empty or holds a NaN or inf
+    pixel (a NaN passes every range check, since comparisons with it are false)."""
+    if x.shape[0] == 0:
+        raise InputError(f"{name}: the batch is empty (0 images); give at least one image")
+    finite = torch.isfinite(x.detach()).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().squeeze(1)
+        raise InputError(f"{name}: {bad.numel()} of {x.shape[0]} images hold NaN or inf pixels "
+                         f"(the first at index {int(bad[0])}); repair or drop them, images "
+                         "must be finite and in [0, 1]")
+
+
+def check_logits(name: str, n_bad: int, n: int) -> None:
+    """An :class:`InputError` when the model returned NaN / inf logits on ``n_bad`` of ``n``
+    points: a prediction made of NaN is no prediction, and must not count as a success."""
+    if n_bad:
+        raise InputError(f"{name}: the model returned NaN/inf logits on {n_bad} of {n} points; "
+                         "its predictions there mean nothing, so no attack success is "
+                         "reported: check the model's weights (a diverged training?) and inputs")
+
+
+def non_finite_rows(logits: torch.Tensor) -> torch.Tensor:
+    """(,) count of the rows of ``logits`` (N, classes) holding a NaN or inf (no host sync)."""
+    return (~torch.isfinite(logits).all(1)).sum()
 
 
 def check_flag(name: str, key: str, value: Any) -> bool:

@@ -10,8 +10,9 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
-from robustact.cli import attack, data, eval, listing, results, rl, run, train
+from robustact.cli import attack, data, eval, listing, results, rl, run, train, weights
 from robustact.cli.common import train_options
 from robustact.errors import RobustactError
 
@@ -29,12 +30,20 @@ examples:
 COMMANDS = {"train": train.cmd_train, "lr-find": train.cmd_lr_find, "eval": eval.cmd_eval,
             "attack": attack.cmd_attack, "run": run.cmd_run, "results": results.cmd_results,
             "report": results.cmd_report, "list": listing.cmd_list, "data": data.cmd_data,
-            "rl": rl.cmd_rl}
+            "rl": rl.cmd_rl, "weights": weights.cmd_weights}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line, like every other error:
+    ``error: robustact train: argument --epochs: invalid int value: 'three' (see --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command, in the order ``robustact --help`` lists them."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="robustact", epilog=MAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Activation-function defenses (k-WTA, KAF, SAP) and their honest evaluation.",
     )
@@ -51,11 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_results_parsers(sub)
     listing.add_list_parser(sub)
     data.add_data_parser(sub)
+    weights.add_weights_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``robustact ARGV``; a library error prints one line and exits 2."""
+    """Run ``robustact ARGV``; a library error or an I/O failure (a full disk, a read-only
+    folder, a file where a folder belongs) prints one line and exits 2."""
     args = build_parser().parse_args(argv)
     from robustact.device import tune_cpu_allocator
 
@@ -68,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into head & co.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        from robustact.files import describe_os_error
+
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted; a training run continues with the same command plus --resume",
               file=sys.stderr)

@@ -1,11 +1,21 @@
-"""``robustact attack``: robust accuracy of a checkpoint under a suite and listed attacks."""
+"""``robustact attack``: robust accuracy of a checkpoint under a suite and listed attacks.
+
+The flags build one checked :class:`robustact.eval.config.EvalConfig`, as a study file's
+``evaluate:`` block does; a bad value is one line naming its flag.
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from robustact.cli.common import add_command, eps_list
+from robustact.cli.common import (
+    add_command,
+    add_defense_arguments,
+    defense_flags,
+    eps_list,
+    naming_flags,
+)
 from robustact.errors import ConfigError
 from robustact.eval.record import EvalRecord
 from robustact.report.robustness import robustness_table
@@ -17,10 +27,14 @@ examples:
   # AutoAttack's standard version, or its rand version for a randomized model
   robustact attack --checkpoint runs/kwta01 --suite autoattack --eps 0.1
   # only the attacks listed: options per attack, EOT for a randomized model, BPDA
-  robustact attack --checkpoint runs/sap --suite none --attack pgd:steps=100,loss=margin,eot=32 \\
+  robustact attack --checkpoint runs/relu --sap 1.0 --suite none \\
+      --attack pgd:steps=100,loss=margin,eot=32 \\
       --attack square:queries=5000 --eps 0.1 --samples 32
   robustact attack --checkpoint runs/kwta01 --suite none --attack pgd:steps=40,bpda=true \\
       --attack gradest --eps 0.1 --independent
+  # a trained network with SAP-100 applied post hoc (or any defense: robustact list defenses)
+  robustact attack --checkpoint runs/relu --sap 1.0 --eps 0.1
+  robustact attack --checkpoint runs/relu --defense rnw:s=0.01 --eps 0.1
   # the points split over 4 GPUs (or CPU processes); the result does not depend on the count,
   # and a rerun after a failure resumes from the blocks already finished
   torchrun --nproc-per-node 4 -m robustact attack --checkpoint runs/kwta01 --eps 8/255
@@ -58,6 +72,7 @@ def add_attack_parser(sub: Any) -> None:
                    help="points per block: the unit that is seeded, split over processes and "
                         "saved for resuming (default 256)")
     p.add_argument("--split", default="test", choices=("train", "test"))
+    add_defense_arguments(p)
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="result file stem (default: beside the checkpoint, "
@@ -83,10 +98,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
     files, print the tables."""
     from robustact.distributed import init_distributed
 
-    config = _config(args)
+    config, defense = _config(args), defense_flags(args)
     ctx, device = init_distributed(args.device)
     try:
-        return _attack(args, config, str(device), ctx.is_main)
+        return _attack(args, config, defense, str(device), ctx.is_main)
     finally:
         ctx.close()
 
@@ -95,19 +110,25 @@ def _config(args: argparse.Namespace) -> Any:
     from robustact.eval.config import EvalConfig
 
     suite, specs = _suite_and_specs(args)
-    if args.samples is not None and args.samples < 1:
-        raise ConfigError(f"--samples must be >= 1, got {args.samples}")
-    return EvalConfig.from_dict(
-        {"eps": eps_list(args.eps), "n": args.n, "suite": suite or "none", "attacks": specs,
-         "split": args.split, "norm": args.norm, "samples": args.samples,
-         "independent": args.independent, "diagnose": args.diagnostics,
-         "probe_size": args.probe_size, "seed": args.seed, "block": args.block},
-        "robustact attack")
+    with naming_flags(ATTACK_FLAGS):
+        return EvalConfig.from_dict(
+            {"eps": eps_list(args.eps), "n": args.n, "suite": suite or "none",
+             "attacks": specs, "split": args.split, "norm": args.norm, "samples": args.samples,
+             "independent": args.independent, "diagnose": args.diagnostics,
+             "probe_size": args.probe_size, "seed": args.seed, "block": args.block},
+            "robustact attack")
 
 
-def _attack(args: argparse.Namespace, config: Any, device: str, main: bool) -> int:
-    """Evaluate; rank 0 alone writes and prints. Finished blocks are kept under the run's
-    ``shards/`` until the result files are written."""
+#: the flag of each evaluation option (robustact.eval.config.EvalConfig)
+ATTACK_FLAGS = {"robustact attack, " + key: flag for key, flag in {
+    "eps": "--eps", "n": "--n", "samples": "--samples", "probe_size": "--probe-size",
+    "seed": "--seed", "block": "--block", "norm": "--norm", "split": "--split"}.items()}
+
+
+def _attack(args: argparse.Namespace, config: Any, defense: dict[str, Any] | None,
+            device: str, main: bool) -> int:
+    """Evaluate (with ``defense`` applied post hoc); rank 0 alone writes and prints. Finished
+    blocks are kept under the run's ``shards/`` until the result files are written."""
     import sys
     import time
     from pathlib import Path
@@ -115,11 +136,19 @@ def _attack(args: argparse.Namespace, config: Any, device: str, main: bool) -> i
     from tqdm.auto import tqdm
 
     from robustact.distributed import current, stop_on_sigterm
-    from robustact.eval.checkpoint import attack_checkpoint, shard_dir, write_robustness
+    from robustact.eval.checkpoint import (
+        attack_checkpoint,
+        check_output,
+        shard_dir,
+        write_robustness,
+    )
 
     ckpt = Path(args.checkpoint)
     run_dir = ckpt if ckpt.is_dir() else ckpt.parent
-    shards = shard_dir(run_dir / "shards", ckpt, config)
+    stem = Path(args.out) if args.out else run_dir / f"robustness-{time.strftime('%Y%m%d-%H%M%S')}"
+    if main:
+        check_output(stem)  # a folder that cannot take the results: say so before attacking
+    shards = shard_dir(run_dir / "shards", ckpt, config, defense)
     if main and shards.saved():
         print(f"resuming: {len(shards.saved())} finished block(s) read back from {shards.path}",
               file=sys.stderr)
@@ -132,11 +161,10 @@ def _attack(args: argparse.Namespace, config: Any, device: str, main: bool) -> i
         bar.set_description(message)
 
     record, report = attack_checkpoint(ckpt, config, device=device, data_dir=args.data_dir,
-                                       progress=progress, shards=shards)
+                                       defense=defense, progress=progress, shards=shards)
     bar.close()
     if not main:
         return 0
-    stem = Path(args.out) if args.out else run_dir / f"robustness-{time.strftime('%Y%m%d-%H%M%S')}"
     write_robustness(record, report, stem)
     shards.remove()
     _print_report(record, report, config.suite, args.independent)

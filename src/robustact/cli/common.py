@@ -1,5 +1,8 @@
 """Helpers the command modules share: flag values turned into library options, repeated flags.
 
+Flag values are checked by the same typed configurations a YAML file builds (training,
+evaluation, RL evaluation); :func:`naming_flags` turns a bad value's error into one line that
+names the flag (``--train-subset must be >= 1, got 0; ...``) or the config file and key.
 Only argparse, yaml (when a helper runs) and :mod:`robustact.errors` are imported here, so that
 building the parser stays cheap; the library loads when a command runs.
 """
@@ -9,7 +12,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from robustact.errors import ConfigError
@@ -57,6 +61,39 @@ def copy_given(args: argparse.Namespace, flags: Iterable[str | tuple[str, str]],
     return into
 
 
+def flag_name(dest: str) -> str:
+    """The flag of an argparse destination: ``train_subset`` -> ``--train-subset``."""
+    return "--" + dest.replace("_", "-")
+
+
+def given_flags(args: argparse.Namespace, flags: Iterable[str | tuple[str, str]],
+                prefix: str = "") -> dict[str, str]:
+    """``{option key: flag}`` for each flag of ``flags`` that was given (not None); a
+    ``(dest, key)`` pair renames, ``prefix`` names a section (``adversarial.``)."""
+    names: dict[str, str] = {}
+    for flag in flags:
+        dest, key = flag if isinstance(flag, tuple) else (flag, flag)
+        if getattr(args, dest, None) is not None:
+            names[prefix + key] = flag_name(dest)
+    return names
+
+
+@contextmanager
+def naming_flags(flags: dict[str, str], config: str | None = None) -> Iterator[None]:
+    """Inside, a bad option value (:class:`robustact.options.OptionError`) is re-raised naming
+    the flag that gave it (``flags``: option key -> flag), or else the ``config`` file."""
+    from robustact.options import OptionError, within
+
+    try:
+        yield
+    except OptionError as exc:
+        if exc.key in flags:
+            raise exc.as_flag(flags[exc.key]) from None
+        if config:
+            raise within(str(config), exc) from None
+        raise
+
+
 def key_values(items: list[str], flag: str) -> dict[str, Any]:
     """``["ratio=0.1", "mode=channel"]`` -> ``{"ratio": 0.1, "mode": "channel"}`` (YAML values)."""
     import yaml
@@ -68,6 +105,35 @@ def key_values(items: list[str], flag: str) -> dict[str, Any]:
             raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
         parsed[key.strip()] = yaml.safe_load(value)
     return parsed
+
+
+def add_defense_arguments(p: argparse.ArgumentParser) -> None:
+    """--sap FRAC and --defense SPEC: a post-hoc defense applied to the loaded network."""
+    p.add_argument("--sap", type=float, metavar="FRAC",
+                   help="apply SAP after every activation (1.0 = SAP-100)")
+    p.add_argument("--defense", metavar="SPEC",
+                   help="apply a post-hoc defense, e.g. dro:p=0.3 or rnw:s=0.01 "
+                        "(robustact list defenses)")
+
+
+def defense_flags(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The post-hoc defense --sap or --defense asks for (None: none), checked now: an
+    unknown defense, parameter or value is one line before anything is loaded."""
+    from robustact.defenses import check_defense
+
+    if args.sap is not None and args.defense:
+        raise ConfigError("give --sap or --defense, not both")
+    if args.sap is None and not args.defense:
+        return None
+    defense = (parse_defense(args.defense) if args.defense
+               else {"defense": "sap", "frac": args.sap})
+    flag = "--defense" if args.defense else "--sap"
+    try:
+        check_defense(defense["defense"], {k: v for k, v in defense.items() if k != "defense"})
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{flag}: {str(exc).splitlines()[0]}; robustact list defenses "
+                          "shows each defense's parameters") from None
+    return defense
 
 
 def parse_defense(spec: str) -> dict[str, Any]:
@@ -90,16 +156,6 @@ def eps_list(text: str) -> list[float]:
                           ) from None
     if not values:
         raise ConfigError("--eps needs at least one value, e.g. --eps 0.1")
-    return values
-
-
-def eps_values(text: str) -> list[float]:
-    """``"0,1/255,0.02"`` -> ``[0.0, 0.0039..., 0.02]``: the ``--eps`` of ``robustact rl eval``."""
-    from robustact.options import parse_eps
-
-    values = [parse_eps(v.strip(), what="FGSM lambda") for v in text.split(",") if v.strip()]
-    if not values:
-        raise ConfigError("--eps needs at least one lambda, e.g. --eps 0,4/255")
     return values
 
 
@@ -128,6 +184,22 @@ def config_options(args: argparse.Namespace, flags: Iterable[str]) -> dict[str, 
 
     options: dict[str, Any] = load_config_file(args.config) if args.config else {}
     return copy_given(args, flags, options)
+
+
+def train_flags(args: argparse.Namespace) -> dict[str, str]:
+    """``{option key: flag}`` of the training flags given (``adversarial.eps``: --adv-eps)."""
+    return {**given_flags(args, TRAIN_FLAGS),
+            **given_flags(args, SPARSITY_FLAGS, "sparsity."),
+            **given_flags(args, ADVERSARIAL_FLAGS, "adversarial.")}
+
+
+def train_config(args: argparse.Namespace, **overrides: Any) -> Any:
+    """The checked :class:`robustact.train.TrainConfig` of ``train``/``lr-find``'s config file
+    and flags (``overrides`` replace options); a bad value names its flag or file and key."""
+    from robustact.train import TrainConfig
+
+    with naming_flags(train_flags(args), args.config):
+        return TrainConfig.from_dict({**train_options(args), **overrides})
 
 
 def train_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -161,7 +233,12 @@ def _milestones(text: str) -> list[int]:
 def _act_kwargs(args: argparse.Namespace, options: dict[str, Any],
                 file_activation: Any) -> dict[str, Any]:
     """The activation arguments: the file's (unless --activation names another), then flags."""
-    act_kwargs = dict(options.get("act_kwargs") or {})
+    given = options.get("act_kwargs") or {}
+    if not isinstance(given, dict):
+        where = f"{args.config}, " if getattr(args, "config", None) else ""
+        raise ConfigError(f"{where}act_kwargs: must be a mapping of the activation's "
+                          f"arguments, got {given!r}; give e.g. act_kwargs: {{ratio: 0.2}}")
+    act_kwargs = dict(given)
     if args.activation is not None and args.activation != file_activation:
         act_kwargs = {}  # the file's activation arguments belong to the activation it named
     copy_given(args, ("ratio", "k", ("kwta_mode", "mode")), act_kwargs)

@@ -6,8 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from robustact.cli.common import add_command, parse_defense
-from robustact.errors import ConfigError
+from robustact.cli.common import add_command, add_defense_arguments, defense_flags, naming_flags
 
 EVAL_EXAMPLE = """\
 examples:
@@ -29,10 +28,7 @@ def add_eval_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto")
-    p.add_argument("--sap", type=float, metavar="FRAC",
-                   help="apply SAP post hoc (1.0 = SAP-100) before evaluating")
-    p.add_argument("--defense", metavar="SPEC",
-                   help="apply a post-hoc defense, e.g. dro:p=0.3 or rnw:s=0.01")
+    add_defense_arguments(p)
     p.add_argument("--samples", type=int, default=1,
                    help="average predictions over N forward passes (randomized models)")
     p.add_argument("--bins", type=int, default=15, help="calibration bins for the ECE")
@@ -40,15 +36,15 @@ def add_eval_parser(sub: Any) -> None:
 
 
 def _defense(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The post-hoc defense asked for by --sap or --defense, if any."""
-    if args.sap is not None and args.defense:
-        raise ConfigError("give --sap or --defense, not both")
-    if args.samples < 1:
-        raise ConfigError(f"--samples must be >= 1, got {args.samples}")
-    defense = parse_defense(args.defense) if args.defense else None
-    if args.sap is not None:
-        defense = {"defense": "sap", "frac": args.sap}
-    return defense
+    """The post-hoc defense asked for by --sap or --defense, if any (after checking the
+    flags' values: :class:`robustact.eval.schema.CleanEvalSchema`)."""
+    from robustact.eval.schema import CleanEvalSchema
+    from robustact.options import check_schema
+
+    keys = ("n", "batch_size", "samples", "bins", "sap")
+    with naming_flags({key: "--" + key.replace("_", "-") for key in keys}):
+        check_schema(CleanEvalSchema, {key: getattr(args, key) for key in keys})
+    return defense_flags(args)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

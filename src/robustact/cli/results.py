@@ -39,8 +39,10 @@ def cmd_results(args: argparse.Namespace) -> int:
 
     store, name, _ = open_study_store(args.study, store=args.store)
     if args.action == "list":
+        from robustact.results.owners import run_status
+
         for run in store.runs(name):
-            print(f"{run['cell']:<24}{run['status']:<9}{run.get('device') or '':<8}"
+            print(f"{run['cell']:<24}{run_status(run):<12}{run.get('device') or '':<8}"
                   f"{run.get('finished') or run.get('started') or ''}")
     elif args.action == "show":
         if not args.cell:

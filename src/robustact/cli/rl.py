@@ -12,7 +12,7 @@ from robustact.cli.common import (
     add_command,
     add_study_arguments,
     config_options,
-    eps_values,
+    naming_flags,
     report_failed,
 )
 
@@ -114,7 +114,7 @@ def _eval(args: argparse.Namespace) -> int:
     from robustact.rl.dqn import load_agent
     from robustact.rl.evaluate import evaluate_agents
 
-    eps = eps_values(args.eps)
+    settings = _eval_settings(args)
     model, ckpt = load_agent(args.checkpoint, device=args.device)
     bar = tqdm(unit="frame", disable=True if args.json else None)
 
@@ -123,11 +123,11 @@ def _eval(args: argparse.Namespace) -> int:
         bar.update(frames)
 
     try:
-        rows = evaluate_agents(model, ckpt, eps, episodes=args.episodes, sap_frac=args.sap,
-                               samples=args.samples, mc_samples=args.mc_samples,
-                               seed=args.seed, epsilon=args.epsilon,
-                               max_frames=args.max_frames, device=args.device,
-                               progress=progress)
+        rows = evaluate_agents(model, ckpt, list(settings.eps), episodes=settings.episodes,
+                               sap_frac=settings.sap_frac, samples=settings.samples,
+                               mc_samples=settings.mc_samples, seed=settings.seed,
+                               epsilon=settings.epsilon, max_frames=settings.max_frames,
+                               device=args.device, progress=progress)
     finally:
         bar.close()
     if args.json:
@@ -136,6 +136,29 @@ def _eval(args: argparse.Namespace) -> int:
         print(returns_table(rows, title=f"{ckpt['game']} ({args.checkpoint}, "
                                         f"{ckpt['frames']} training frames)"))
     return 0
+
+
+#: the flag of each RL evaluation option (robustact.study.rl_config.RLEvalConfig)
+RL_EVAL_FLAGS = {"eps": "--eps", "episodes": "--episodes", "sap_frac": "--sap",
+                 "samples": "--samples", "mc_samples": "--mc-samples", "seed": "--seed",
+                 "epsilon": "--epsilon", "max_frames": "--max-frames"}
+
+
+def _eval_settings(args: argparse.Namespace) -> Any:
+    """The flags of ``rl eval`` as a checked RLEvalConfig, as a study's ``evaluate:`` block."""
+    from robustact.errors import ConfigError
+    from robustact.study.rl_config import RLEvalConfig
+
+    eps = [v.strip() for v in args.eps.split(",") if v.strip()]
+    if not eps:
+        raise ConfigError("--eps needs at least one lambda, e.g. --eps 0,4/255")
+    values = {key: getattr(args, dest) for dest, key in
+              (("episodes", "episodes"), ("sap", "sap_frac"), ("samples", "samples"),
+               ("mc_samples", "mc_samples"), ("seed", "seed"), ("epsilon", "epsilon"),
+               ("max_frames", "max_frames"))}
+    where = "robustact rl eval"
+    with naming_flags({f"{where}, evaluate.{k}": flag for k, flag in RL_EVAL_FLAGS.items()}):
+        return RLEvalConfig.from_dict({"eps": eps, **values}, where)
 
 
 def _finite(row: dict[str, Any]) -> dict[str, Any]:

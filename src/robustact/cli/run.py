@@ -15,6 +15,7 @@ from robustact.cli.common import (
 RUN_EXAMPLE = ("examples:\n  robustact run configs/kaf_fmnist.yaml\n"
                "  robustact run configs/kaf_fmnist.yaml --cell kaf_relu\n"
                "  robustact run configs/kaf_fmnist.yaml --list\n"
+               "  robustact run configs/kaf_fmnist.yaml --repair\n"
                "  # one SLURM job per cell, each cell's training and evaluation over 4 GPUs\n"
                "  robustact run configs/kaf_fmnist.yaml --launcher slurm --partition gpu "
                "--gpus-per-cell 4\n"
@@ -36,6 +37,9 @@ def add_run_parser(sub: Any) -> None:
                         "study directory (default: the file's out, or runs/NAME)")
     p.add_argument("--jobs", type=int, default=1,
                    help="cells in parallel processes (one per GPU when there are GPUs)")
+    p.add_argument("--repair", action="store_true",
+                   help="repair the study and say what was done: duplicate epochs in "
+                        "metrics.jsonl, cells left running by a dead process, .tmp files")
     add_store_argument(p)
     add_launcher_arguments(p)
 
@@ -67,14 +71,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from robustact.study.runner import cell_statuses
     from robustact.study.stores import with_store
 
+    _check_counts(args)
     study = with_store(load_any_study(args.study, out=args.out), args.store)
     if args.status:
         return _print_status(study)
     if args.launcher:
         return _launch(study, args)
+    if args.repair:
+        return _repair(study)
     if args.list:
         for cell, status, why in cell_statuses(study):
-            print(f"{cell:<24}{status}{f' ({why})' if status == 'stale' else ''}")
+            shown = f" ({why})" if status in ("stale", "interrupted") else ""
+            print(f"{cell:<24}{status}{shown}")
         return 0
     from robustact.distributed import init_distributed
 
@@ -90,8 +98,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return report_failed([r.id for r in results if r.status != "done"])
 
 
+def _check_counts(args: argparse.Namespace) -> None:
+    """One line for a count out of range, before the study is read."""
+    from robustact.errors import ConfigError
+
+    for flag, value, low in (("--jobs", args.jobs, 1), ("--gpus-per-cell", args.gpus_per_cell, 0),
+                             ("--processes-per-cell", args.processes_per_cell, 1),
+                             ("--cpus-per-process", args.cpus_per_process, 1),
+                             ("--timeout-min", args.timeout_min, 1)):
+        if value is not None and value < low:
+            raise ConfigError(f"{flag} must be >= {low}, got {value}")
+
+
 def _quiet(message: str) -> None:
     pass
+
+
+def _repair(study: Any) -> int:
+    """Repair the study, print what was done; exit status 1 when the store is not whole."""
+    from robustact.study.repair import repair_study
+
+    lines = repair_study(study)
+    print("\n".join(lines))
+    return 1 if any("integrity check" in line and not line.endswith(" ok")
+                    for line in lines) else 0
 
 
 def _launch(study: Any, args: argparse.Namespace) -> int:
@@ -122,5 +152,6 @@ def _print_status(study: Any) -> int:
     for cell, job, state, status in rows:
         print(f"{cell:<24}{job:<14}{state:<16}{status}")
     failed = [cell for cell, _, state, status in rows
-              if status == "failed" or state in ("FAILED", "INTERRUPTED", "CANCELLED")]
+              if status in ("failed", "interrupted")
+              or state in ("FAILED", "INTERRUPTED", "CANCELLED")]
     return report_failed(failed)

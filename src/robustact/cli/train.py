@@ -1,4 +1,8 @@
-"""``robustact train`` and ``robustact lr-find``: their flags, and the two commands."""
+"""``robustact train`` and ``robustact lr-find``: their flags, and the two commands.
+
+The flags and the ``--config`` file build one checked :class:`robustact.train.TrainConfig`
+(:func:`robustact.cli.common.train_config`): a bad value is one line naming its flag.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,13 @@ import argparse
 import os
 from typing import Any
 
-from robustact.cli.common import add_command, train_options
+from robustact.cli.common import (
+    add_command,
+    naming_flags,
+    train_config,
+    train_flags,
+    train_options,
+)
 
 TRAIN_EXAMPLE = """\
 examples:
@@ -137,9 +147,9 @@ def _add_adversarial(at: Any) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, then print the test accuracy and where the checkpoint is (rank 0 only)."""
-    from robustact.train import TrainConfig, train
+    from robustact.train import train
 
-    config = TrainConfig.from_dict(train_options(args))
+    config = train_config(args)
     result = train(config, resume=args.resume)
     final = result.history[-1]
     kept = f" (weights of epoch {final['kept_epoch']})" if "kept_epoch" in final else ""
@@ -158,7 +168,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
     options = train_options(args)
     out = options.pop("out", None) or "runs/lr_find"
-    config = TrainConfig.from_dict(options)
+    with naming_flags(train_flags(args), args.config):
+        config = TrainConfig.from_dict(options)
     result = lr_range_test(config, start=args.start_lr, end=args.end_lr, steps=args.steps,
                            beta=args.beta, diverge=args.diverge)
     path = write_range_test(result, config, out)

@@ -15,6 +15,7 @@ from robustact.data.datasets import (
     dataset_info,
     list_datasets,
     load_dataset,
+    verify_dataset,
 )
 from robustact.data.download import RemoteFile, download_file, sha256_file
 from robustact.data.info import DatasetInfo
@@ -43,4 +44,5 @@ __all__ = [
     "load_dataset",
     "sha256_file",
     "user_cache_dir",
+    "verify_dataset",
 ]

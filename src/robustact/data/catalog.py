@@ -50,6 +50,7 @@ class DatasetSpec:
         split_files: ``split_files(folder, split)`` -> files of that split, None if missing.
         read: files of a split -> (uint8 images (N, C, H, W), int64 labels (N,)).
         homepage: where a person can read about and fetch the dataset.
+        sizes: images per split in the official files (``data fetch`` checks them).
     """
 
     info: DatasetInfo
@@ -60,6 +61,7 @@ class DatasetSpec:
     read: Reader
     homepage: str
     prepare: Callable[[Path, Path], Path] = _keep
+    sizes: dict[str, int] | None = None
 
     @property
     def name(self) -> str:
@@ -157,6 +159,7 @@ def fashion_mnist_spec() -> DatasetSpec:
         split_files=idx.idx_split_files,
         read=_read_idx(FASHION_MNIST.num_classes),
         homepage="https://github.com/zalandoresearch/fashion-mnist",
+        sizes={"train": 60000, "test": 10000},
     )
 
 
@@ -171,6 +174,7 @@ def mnist_spec() -> DatasetSpec:
         split_files=idx.idx_split_files,
         read=_read_idx(MNIST.num_classes),
         homepage="http://yann.lecun.com/exdb/mnist/",
+        sizes={"train": 60000, "test": 10000},
     )
 
 
@@ -191,6 +195,7 @@ def cifar10_spec() -> DatasetSpec:
         split_files=cifar.batch_files,
         read=cifar.load_cifar_batches,
         homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
+        sizes={"train": 50000, "test": 10000},
     )
 
 
@@ -212,4 +217,5 @@ def svhn_spec() -> DatasetSpec:
         split_files=svhn.svhn_split_files,
         read=_read_svhn,
         homepage="http://ufldl.stanford.edu/housenumbers/",
+        sizes={"train": 73257, "test": 26032},
     )

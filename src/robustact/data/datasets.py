@@ -118,6 +118,28 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike[st
     return ImageDataset(images, labels, spec.info, split)
 
 
+def verify_dataset(name: str, folder: Path) -> dict[str, int]:
+    """Read every split of dataset ``name`` from ``folder`` (as :func:`fetch_dataset` returned
+    it) through the format's structural checks, and compare its size with the official one;
+    returns the images per split. Raises :class:`DataError` for a truncated or corrupt file."""
+    spec = DATASETS.get(name)
+    counts: dict[str, int] = {}
+    for split in SPLITS:
+        paths = spec.split_files(folder, split)
+        if paths is None:
+            raise DataError(f"{folder} lacks the {split} files of {spec.name}; expected "
+                            f"{', '.join(spec.file_names())}")
+        images, labels = spec.read(paths)
+        _check_shape(images, labels, spec.info, paths)
+        counts[split] = len(labels)
+        expected = (spec.sizes or {}).get(split)
+        if expected is not None and counts[split] != expected:
+            raise DataError(f"{paths[0]} holds {counts[split]} {split} images, the official "
+                            f"{spec.name} has {expected}: it is truncated or not the official "
+                            "file; delete it and fetch it again")
+    return counts
+
+
 def _check_shape(images: torch.Tensor, labels: torch.Tensor, info: DatasetInfo,
                  paths: list[Path]) -> None:
     if tuple(images.shape[1:]) != info.input_shape:

@@ -12,7 +12,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from robustact.errors import DataError
-from robustact.files import atomic_path
+from robustact.files import atomic_path, describe_os_error
 
 CHUNK = 1 << 20
 USER_AGENT = "robustact-data/0.1 (+python urllib)"
@@ -44,14 +44,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _copy_with_progress(response: BinaryIO, out: BinaryIO, total: int | None, desc: str,
+def _copy_with_progress(response: BinaryIO, out: BinaryIO, total: int | None, dest: Path,
                         progress: bool) -> str:
-    """Stream ``response`` into ``out``; returns the hex SHA-256 of what was written."""
+    """Stream ``response`` into ``out`` (the temporary file of ``dest``); returns the hex
+    SHA-256 of what was written. A failed write (a full disk) is a DataError, not a network
+    error."""
     digest = hashlib.sha256()
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
               disable=None if progress else True, leave=False) as bar:
         for chunk in iter(lambda: response.read(CHUNK), b""):
-            out.write(chunk)
+            try:
+                out.write(chunk)
+            except OSError as exc:
+                raise DataError(f"could not write {dest}: {describe_os_error(exc)}") from exc
             digest.update(chunk)
             bar.update(len(chunk))
     return digest.hexdigest()
@@ -78,7 +83,7 @@ def download_file(url: str, dest: Path, sha256: str | None = None, *, size: int 
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else size
-                actual = _copy_with_progress(response, out, total, dest.name, progress)
+                actual = _copy_with_progress(response, out, total, dest, progress)
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or exc
             raise NetworkError(f"could not download {url} ({reason})") from exc

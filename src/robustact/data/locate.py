@@ -1,6 +1,7 @@
 """Finding a dataset on disk, and fetching it (Debian package or download) when it is missing.
 
-Search order: the ``data_dir`` argument, ``$ROBUSTACT_DATA``, system folders (Debian's
+Search order: the ``data_dir`` argument (alone: when it is given, nothing else is searched, and
+it must exist), else ``$ROBUSTACT_DATA``, system folders (Debian's
 ``dataset-fashion-mnist`` puts Fashion-MNIST in ``/usr/share/datasets/fashion-mnist/``), then the
 user cache ``$XDG_CACHE_HOME/robustact`` (default ``~/.cache/robustact``). Inside a root, the files
 may lie in a per-dataset folder (``fashion_mnist/``, ``FashionMNIST/raw/`` as torchvision leaves
@@ -43,11 +44,12 @@ def _env_root() -> Path | None:
 
 
 def _candidates(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None) -> list[Path]:
-    """Every folder to test for ``spec``'s files, in search order."""
-    folders: list[Path] = []
+    """Every folder to test for ``spec``'s files, in search order: inside ``data_dir`` alone
+    when it is given (never a silent fall-back to another copy)."""
     if data_dir is not None:
         root = Path(data_dir).expanduser()
-        folders += [root / sub for sub in spec.subdirs] + [root]
+        return [root / sub for sub in spec.subdirs] + [root]
+    folders: list[Path] = []
     env = _env_root()
     if env is not None:
         folders += [env / sub for sub in spec.subdirs]
@@ -86,10 +88,13 @@ def _writable(folder: Path) -> bool:
 
 
 def download_root(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
-    """The first writable of ``data_dir``, ``$ROBUSTACT_DATA`` and the user cache, or None."""
-    roots = [Path(data_dir).expanduser()] if data_dir is not None else []
+    """``data_dir`` if given and writable, else the first writable of ``$ROBUSTACT_DATA`` and
+    the user cache; None when there is none."""
+    if data_dir is not None:  # an explicit folder, or nothing
+        root = Path(data_dir).expanduser()
+        return root if _writable(root) else None
     env = _env_root()
-    roots += ([env] if env is not None else []) + [user_cache_dir()]
+    roots = ([env] if env is not None else []) + [user_cache_dir()]
     return next((root for root in roots if _writable(root)), None)
 
 
@@ -117,9 +122,10 @@ def apt_install(package: str) -> bool:
 
 
 def _search_roots(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None) -> list[Path]:
-    roots = [Path(data_dir).expanduser()] if data_dir is not None else []
+    if data_dir is not None:
+        return [Path(data_dir).expanduser()]
     env = _env_root()
-    roots += ([env] if env is not None else []) + list(SYSTEM_DIRS.get(spec.name, ()))
+    roots = ([env] if env is not None else []) + list(SYSTEM_DIRS.get(spec.name, ()))
     return roots + [user_cache_dir()]
 
 
@@ -142,7 +148,9 @@ def _download(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None,
               progress: bool) -> Path:
     root = download_root(data_dir)
     if root is None:
-        raise DataError(f"{spec.name} is missing and no writable data folder was found; "
+        where = f"{data_dir} is not writable" if data_dir is not None else \
+            "no writable data folder was found"
+        raise DataError(f"{spec.name} is missing and {where}; give a writable --data-dir or "
                         f"set {ENV_VAR} to a writable folder")
     folder = root / spec.name
     try:
@@ -172,8 +180,9 @@ def fetch_dataset(name: str, data_dir: str | os.PathLike[str] | None = None,
             message says which files to put where.
     """
     spec = DATASETS.get(name)
+    _check_data_dir(data_dir)
     folder = find_dataset_dir(spec.name, data_dir)
-    apt_package = APT_PACKAGES.get(spec.name)
+    apt_package = None if data_dir is not None else APT_PACKAGES.get(spec.name)
     if folder is None and download and apt_package and apt_install(apt_package):
         folder = find_dataset_dir(spec.name, data_dir)
     if folder is None:
@@ -186,6 +195,19 @@ def fetch_dataset(name: str, data_dir: str | os.PathLike[str] | None = None,
             )
         folder = _download(spec, data_dir, progress)
     return spec.prepare(folder, user_cache_dir() / spec.name)
+
+
+def _check_data_dir(data_dir: str | os.PathLike[str] | None) -> None:
+    """A one-line error when an explicit data folder does not exist (a typo must not train on
+    another copy of the data, nor download one into a new folder)."""
+    if data_dir is None:
+        return
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise DataError(f"data folder {root} {what}; create it (robustact data fetch NAME "
+                        f"--data-dir {root} downloads into it), or leave data_dir/--data-dir "
+                        f"out to use ${ENV_VAR}, the system copy or the user cache")
 
 
 def ensure_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> Path:

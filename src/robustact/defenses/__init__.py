@@ -29,6 +29,7 @@ from robustact.defenses.posthoc import (
     apply_defense,
     apply_sap,
     batch_shared_randomness,
+    check_defense,
     defense_spec,
     list_defenses,
     register_defense,
@@ -50,7 +51,7 @@ __all__ = [
     "DEFENSES", "SAP", "WEIGHT_LAYERS", "DefendedActivation", "DefenseSpec", "GaussianNoise",
     "GaussianScaling", "NoisyWeights", "PrunedWeights", "ReLUSAP", "ScaledWeights",
     "StochasticPrunedWeights", "TestTimeDropout", "applied_defenses", "apply_defense",
-    "apply_sap", "batch_shared_randomness", "defense_spec", "list_defenses",
+    "apply_sap", "batch_shared_randomness", "check_defense", "defense_spec", "list_defenses",
     "multinomial_counts", "num_draws", "register_defense", "remove_defense", "remove_sap", "sap",
     "sap_draw_counts", "sap_factor", "sap_keep_probability",
 ]

@@ -197,6 +197,18 @@ def apply_defense(model: nn.Module, name: str, **params: Any) -> nn.Module:
     return model
 
 
+def check_defense(name: str, params: dict[str, Any]) -> None:
+    """Raise the one-line error :func:`apply_defense` would give for ``name`` and ``params``
+    (unknown defense, unknown or missing parameter, a bad value of an activation-site
+    defense), without a model: study files are checked before any cell runs."""
+    spec = DEFENSES.get(name)
+    _check_params(spec, params)
+    if spec.site == ACTIVATION_SITE:
+        spec.build(**params)
+    else:  # a stand-in weight: the values are checked as on a real layer
+        spec.build(nn.Parameter(torch.ones(2, 2)), **params)
+
+
 def _check_params(spec: DefenseSpec, params: dict[str, Any]) -> None:
     accepted = spec.parameters()
     unknown = sorted(set(params) - set(accepted))

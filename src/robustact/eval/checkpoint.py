@@ -5,6 +5,7 @@ Shared by ``robustact attack`` and the study runner (``robustact run``)::
     config = EvalConfig.from_dict({"eps": [0.1], "n": 1000, "attacks": ["pgd:steps=40"]})
     shards = shard_dir("runs/demo", config)          # finished blocks, read back by a rerun
     record, report = attack_checkpoint("runs/demo", config, shards=shards)
+    check_output(Path("runs/demo/robustness"))       # writable? asked before the attacks
     write_robustness(record, report, Path("runs/demo/robustness"))   # .json and .csv exports
     shards.remove()
 
@@ -15,16 +16,24 @@ Under torchrun every process calls it; the points are split over the processes
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from robustact.errors import RobustactError
 from robustact.eval.config import EvalConfig
 from robustact.eval.outcomes import RobustnessReport
 from robustact.eval.record import EvalRecord
 from robustact.eval.robustness import AttackSpec, collect, evaluate
 from robustact.eval.shards import ShardDir
-from robustact.files import atomic_path, write_json
+from robustact.files import (
+    atomic_path,
+    check_writable,
+    describe_os_error,
+    save_elsewhere,
+    write_json,
+)
 from robustact.options import short_hash
 
 
@@ -108,9 +117,40 @@ def load_evaluation_data(checkpoint: str | Path, n: int | None, *, split: str = 
     return model, x, y
 
 
-def write_robustness(record: EvalRecord, report: RobustnessReport, stem: Path) -> None:
+def check_output(stem: str | Path) -> Path:
+    """Prove, before the expensive part, that the exports ``stem.json`` / ``stem.csv`` can be
+    written (the folder is created if need be); a one-line error says why not."""
+    stem = Path(stem)
+    try:
+        check_writable(stem.parent)
+    except OSError as exc:
+        raise RobustactError(f"cannot write the results {stem}.json/.csv: "
+                             f"{describe_os_error(exc)}") from None
+    return stem
+
+
+def write_robustness(record: EvalRecord, report: RobustnessReport, stem: Path) -> Path:
     """Exports: ``stem.json`` (the full record, per-example outcomes included) and
-    ``stem.csv`` (one row per attack and eps), each written atomically."""
+    ``stem.csv`` (one row per attack and eps), each written atomically; returns ``stem``.
+
+    When they cannot be written there (a full disk, a read-only folder, a file where a folder
+    belongs) the computed result is not lost: it is written to the first writable of
+    :func:`robustact.files.unsaved_dirs` and a one-line error says where."""
+    try:
+        _write_exports(record, report, stem)
+    except OSError as exc:
+        kept = save_elsewhere(f"{stem.name}-{os.getpid()}",
+                              lambda other: _write_exports(record, report, other))
+        where = (f"the result was saved to {kept}.json and .csv instead; copy it from there"
+                 if kept is not None else
+                 "no fallback folder could hold it either; free some space and rerun the same "
+                 "command (it reads back the finished blocks that could be saved)")
+        raise RobustactError(f"could not write the results {stem}.json/.csv: "
+                             f"{describe_os_error(exc)}; {where}") from None
+    return stem
+
+
+def _write_exports(record: EvalRecord, report: RobustnessReport, stem: Path) -> None:
     write_json(stem.with_suffix(".json"), record.to_dict())
     rows = report.rows()
     with atomic_path(stem.with_suffix(".csv")) as tmp, tmp.open("w", newline="") as f:

@@ -4,7 +4,9 @@
     config.hash()        # the identity of the evaluation (not where or on what device it runs)
 
 Study files (``evaluate:``), ``robustact attack`` and the Python API all build one. An eps is a
-number or a fraction string (``0.1``, ``"8/255"``) everywhere.
+number or a fraction string (``0.1``, ``"8/255"``) everywhere. :meth:`EvalConfig.from_dict`
+checks every value (types and ranges: :class:`robustact.eval.schema.EvalSchema`; an L-inf eps
+at most 1; each attack spec) before anything runs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from robustact.errors import ConfigError
-from robustact.options import parse_eps, short_hash
+from robustact.eval.schema import EvalSchema
+from robustact.options import OptionError, check_schema, parse_eps, short_hash, within
 
 #: the evaluation every study and ``robustact attack`` get unless told otherwise
 DEFAULT_SUITE = "adaptive"
@@ -69,6 +72,21 @@ class EvalConfig:
         if self.norm is not None and self.norm not in NORMS:
             raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
 
+    def check_attacks(self, prefix: str = "") -> None:
+        """Each attack spec is valid, and an eps above 1 only comes with an L2 or L1 norm
+        (an L-inf radius of 1 already covers the whole [0, 1] image range)."""
+        from robustact.eval.spec import AttackSpec
+
+        specs = [AttackSpec.parse(a) for a in self.attacks]
+        norms = {self.norm} if self.norm else {s.kwargs.get("norm", "linf") for s in specs}
+        if self.suite is not None and not self.norm:
+            norms.add("linf")
+        too_big = [e for e in self.eps if e > 1]
+        if too_big and "linf" in norms:
+            raise OptionError(prefix + "eps", f"{too_big[0]:g} is above 1, the whole [0, 1] "
+                              "image range of an L-inf attack", "give eps in [0, 1], e.g. "
+                              "8/255 (an L2 or L1 radius may exceed 1: add norm: l2)")
+
     def __getitem__(self, key: str) -> Any:
         """Read access by the study file's key: ``config["samples"]``."""
         return self.to_dict()[key]
@@ -97,17 +115,25 @@ class EvalConfig:
         return short_hash(data)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "evaluate") -> EvalConfig:
+    def from_dict(cls, data: dict[str, Any], where: str = "evaluate",
+                  prefix: str = "") -> EvalConfig:
         """Build from study-file or command-line options, with one-line errors naming
-        ``where`` (unknown keys, eps spelling, suite names, types)."""
+        ``where`` and the key (``prefix`` + key: ``evaluate.n``): unknown keys, types and
+        ranges, eps spelling, suite names, attack specs."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: evaluate must be a mapping of options, got {data!r}; "
+                              "give e.g. evaluate: {eps: [0.1], n: 1000}")
         unknown = sorted(set(data) - KEYS)
         if unknown:
             raise ConfigError(f"{where}: unknown evaluate key(s) {', '.join(unknown)}; valid: "
                               f"{', '.join(sorted(KEYS))}")
         try:
-            return cls(**_normalized(data), given=dict(data))
+            check_schema(EvalSchema, data, prefix=prefix)
+            config = cls(**_normalized(data, prefix), given=dict(data))
+            config.check_attacks(prefix)
+            return config
         except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+            raise within(where, exc) from None
         except TypeError as exc:
             raise ConfigError(f"{where}: {exc}") from None
 
@@ -116,11 +142,12 @@ _HASHED_IF_SET = {"seed": 0, "block": BLOCK}
 KEYS = {f.name for f in dataclasses.fields(EvalConfig)} - {"given"}
 
 
-def _normalized(data: dict[str, Any]) -> dict[str, Any]:
+def _normalized(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = dict(data)
     eps = out.get("eps")
     eps = eps if isinstance(eps, list | tuple) else [] if eps is None else [eps]
-    out["eps"] = tuple(parse_eps(e, high=math.inf) for e in eps)  # L2 budgets exceed 1
+    # L2 budgets exceed 1 (check_attacks holds L-inf ones to 1)
+    out["eps"] = tuple(parse_eps(e, high=math.inf, key=prefix + "eps") for e in eps)
     out["suite"] = _suite(out.get("suite", DEFAULT_SUITE))
     attacks = out.get("attacks") or ()
     if isinstance(attacks, str | dict):

@@ -22,6 +22,10 @@ The points are evaluated in blocks of ``block``, each seeded from (``seed``, its
 spread over the processes of a torchrun group and saved in ``shards`` as they finish
 (:mod:`robustact.eval.shards`): the result does not depend on the number of processes, and a
 rerun reads the saved blocks back. The diagnostics run in rank 0 alone.
+
+No points, NaN / inf pixels and NaN / inf logits of the model (on the clean points, or on an
+attack's points) are an :class:`~robustact.errors.InputError`: a point the model cannot score
+is never counted as broken by an attack.
 """
 
 from __future__ import annotations
@@ -34,11 +38,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustact.attacks.base import check_images, check_logits, non_finite_rows
 from robustact.distributed import current
-from robustact.errors import ConfigError
+from robustact.errors import ConfigError, InputError
 from robustact.eval.diagnostics import diagnose as run_diagnostics
 from robustact.eval.outcomes import AttackOutcome, RobustnessReport, merge_outcomes
-from robustact.eval.randomness import judge, predict, stable_samples
+from robustact.eval.randomness import Judgement, judge, predict, stable_samples
 from robustact.eval.shards import BLOCK, Block, ShardDir, Span, run_blocks, seed_everything
 from robustact.eval.spec import AttackSpec
 
@@ -59,9 +64,13 @@ def collect(data: Iterable[tuple[torch.Tensor, torch.Tensor]] | tuple[torch.Tens
             if n_examples is not None and count >= n_examples:
                 break
         if not xs:
-            raise ConfigError("no examples to evaluate: the loader is empty")
+            raise InputError("no examples to evaluate: the loader is empty; check the "
+                             "dataset and the number of points asked for")
         x, y = torch.cat(xs), torch.cat(ys)
     if n_examples is not None:
+        if n_examples < 1:
+            raise InputError(f"no examples to evaluate: n = {n_examples}; give the number of "
+                             "test points, e.g. 1000")
         x, y = x[:n_examples], y[:n_examples]
     return x, y
 
@@ -97,6 +106,7 @@ def evaluate(
     eps_values = _checked(specs, suite, eps_list, n_samples)
     start = time.perf_counter()
     x, y = collect(data, n_examples)
+    check_images("evaluate", x)
     device, ctx, was_training = next(model.parameters()).device, current(), model.training
     model.eval()
     try:
@@ -146,12 +156,32 @@ def _block(model: nn.Module, specs: list[AttackSpec], eps_values: list[float], x
            y: torch.Tensor, n_samples: int, randomized: bool, sequential: bool,
            progress: Callable[[str], None] | None) -> Block:
     """The clean judging and every attack at every eps on one block of points."""
-    clean = judge(model, x, y, n_samples, randomized)
+    clean = _judge_clean(model, x, y, n_samples, randomized)
     outcomes = [outcome for eps in eps_values
                 for outcome in _attack_at(model, specs, eps, x, y, clean.correct,
                                           n_samples, randomized, sequential, progress)]
     return {"clean": clean.correct, "clean_flips": clean.flips,
             "outcomes": [dataclasses.asdict(o) for o in outcomes]}
+
+
+@torch.no_grad()
+def _judge_clean(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_samples: int,
+                 randomized: bool, batch_size: int = 512) -> Judgement:
+    """:func:`judge` of the clean points, with an :class:`InputError` when the model's logits
+    on them hold NaN or inf (such points cannot be evaluated and must not count as broken by
+    an attack). A deterministic model is judged from the same forward passes, exactly as
+    :func:`predict` judges it; a randomized one pays one more pass."""
+    device = next(model.parameters()).device
+    bad, predictions = 0, []
+    for lo in range(0, x.shape[0], batch_size):
+        logits = model(x[lo:lo + batch_size].to(device)).float()
+        bad += int(non_finite_rows(logits))
+        predictions.append(logits.softmax(1).argmax(1).cpu())
+    check_logits("evaluate (clean points)", bad, x.shape[0])
+    if randomized or n_samples > 1:
+        return judge(model, x, y, n_samples, randomized)
+    correct = torch.cat(predictions) == y.cpu()
+    return Judgement(correct, ~correct, 0)
 
 
 def _in_block(progress: Callable[[str], None] | None, span: Span, size: int,

@@ -29,7 +29,7 @@ import torch
 
 from robustact.distributed import DistContext
 from robustact.eval.config import BLOCK
-from robustact.files import atomic_path
+from robustact.files import atomic_path, describe_os_error
 
 __all__ = ["BLOCK", "ShardDir", "Span", "block_seed", "plan", "run_blocks", "seed_everything"]
 
@@ -82,10 +82,18 @@ class ShardDir:
         except Exception:  # noqa: BLE001 - a damaged block file is recomputed, not trusted
             return None
 
-    def save(self, index: int, block: Block) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self._file(index)) as tmp:
-            torch.save(block, tmp)
+    def save(self, index: int, block: Block) -> str | None:
+        """Save a finished block; on an I/O failure (a full disk, a read-only folder) return
+        why, in one line, instead of raising: the block stays in memory and the evaluation
+        goes on (only resuming loses it)."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self._file(index)) as tmp:
+                torch.save(block, tmp)
+        except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as either
+            reason = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+            return reason.splitlines()[0] if reason else type(exc).__name__
+        return None
 
     def saved(self) -> list[int]:
         return sorted(int(p.stem.split("-")[1]) for p in self.path.glob("block-*.pt"))
@@ -106,13 +114,17 @@ def run_blocks(n: int, size: int, seed: int, compute: Callable[[Span], Block], *
     spans = plan(n, size)
     mine: dict[int, Block] = {}
     resumed = 0
+    unsaved: str | None = None
     for span in spans[ctx.rank::ctx.world_size]:
         block = shards.load(span.index) if shards is not None else None
         if block is None:
             seed_everything(block_seed(seed, span.index))
             block = compute(span)
-            if shards is not None:
-                shards.save(span.index, block)
+            failure = shards.save(span.index, block) if shards is not None else None
+            if failure is not None and unsaved is None and log is not None:
+                log(f"rank {ctx.rank}: could not save finished blocks for resuming "
+                    f"({failure}); the evaluation goes on, a rerun would recompute them")
+            unsaved = unsaved or failure
         else:
             resumed += 1
         mine[span.index] = block

@@ -1,5 +1,10 @@
 """An attack by registry name and options, as written on the command line or in a study file:
-``"pgd:steps=40,restarts=5,eot=32"``, a dict, or an :class:`AttackSpec`."""
+``"pgd:steps=40,restarts=5,eot=32"``, a dict, or an :class:`AttackSpec`.
+
+A spec is checked when it is made, before any model is trained or loaded: the attack's
+name, its option names (an unknown one lists the valid ones), the options' types and ranges
+(:class:`robustact.eval.schema.SpecSchema`) and whatever the attack itself checks.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,16 @@ from torch import nn
 
 from robustact.attacks import Attack, create_attack
 from robustact.attacks.base import check_count, check_flag
+from robustact.attacks.registry import ATTACKS, attack_options
 from robustact.errors import ConfigError
+from robustact.eval.schema import SpecSchema
+from robustact.options import check_schema
 
 GROUPS = ("suite", "paper")
+#: options of every spec, besides the attack's own hyperparameters
+SPEC_OPTIONS = ("eot", "bpda", "label", "group")
+#: an eps for the trial build that checks an attack's options (the real eps comes later)
+TRIAL_EPS = 8 / 255
 
 
 @dataclass
@@ -38,9 +50,12 @@ class AttackSpec:
         if self.eot is not None:
             self.eot = check_count(what, "eot", self.eot)
         self.bpda = check_flag(what, "bpda", self.bpda)
-        if self.group is not None and self.group not in GROUPS:
-            raise ConfigError(f"{what}: group must be one of {', '.join(GROUPS)}, "
-                              f"got {self.group!r}")
+        check_options(self.name, self.kwargs)
+        check_schema(SpecSchema, {"eot": self.eot, "bpda": self.bpda, "label": self.label,
+                                  "group": self.group, **self.kwargs},
+                     where=f"attack {self.name}")
+        if self.name != "transfer":  # its surrogate is a checkpoint, loaded when it runs
+            self.build(TRIAL_EPS)  # the attack's own checks (e.g. square's queries >= 2)
         if self.label is None:
             extras = ([f"eot{self.eot}"] if self.eot else []) + (["bpda"] if self.bpda else [])
             self.label = "+".join([self.name, *extras])
@@ -100,6 +115,25 @@ class AttackSpec:
         if self.eot:
             model = EOT(model, int(self.eot))
         return model
+
+
+def check_options(name: str, kwargs: dict[str, Any]) -> None:
+    """One-line errors for an unknown attack, or options it does not take (listing the valid
+    ones; ``targeted`` on an attack without a targeted mode says which attacks have one)."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"attack spec needs a name, got {name!r}; give e.g. pgd:steps=40")
+    cls = ATTACKS.get(name)  # an unknown name lists the valid ones
+    valid = [o for o in attack_options(cls) if o != "eps"] + list(SPEC_OPTIONS)
+    if name == "transfer":
+        return  # the inner attack's options travel with it
+    unknown = sorted(set(kwargs) - set(valid))
+    if "targeted" in unknown:
+        targeted = [n for n in ATTACKS.names() if "targeted" in attack_options(ATTACKS.get(n))]
+        raise ConfigError(f"attack {name}: targeted is not supported by {name}; use an attack "
+                          f"with a targeted mode: {', '.join(targeted)}")
+    if unknown:
+        raise ConfigError(f"attack {name!r} has no option {', '.join(map(repr, unknown))}; "
+                          f"valid options: {', '.join(valid)}")
 
 
 def _scalar(text: str) -> Any:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +28,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; train one with `robustact train`")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns (several lines) about foreign pickles
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise  # the disk's reason, printed as one line by the command line
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(_refused(path, str(exc))) from None
     except Exception as exc:  # torch raises several types for a damaged file
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({first})") from None
+        first = next((line for line in str(exc).splitlines() if line.strip()),
+                     type(exc).__name__).split(". ")[0]  # torch's first sentence says it
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first[:200]}); "
+                              "restore it from a copy or train it again with `robustact "
+                              "train`") from None
     if not isinstance(ckpt, dict) or "model_state" not in ckpt or "config" not in ckpt:
-        raise CheckpointError(f"{path} is not a robustact checkpoint (no model_state/config)")
+        raise CheckpointError(f"{path} is not a robustact checkpoint (no model_state/config); "
+                              "give the checkpoint.pt written by `robustact train`")
     return ckpt
+
+
+def _refused(path: Path, reason: str) -> str:
+    """The message for a file the safe loader refused: it asks to import code (a hostile or
+    foreign pickle), which is not what a damaged checkpoint looks like."""
+    found = re.search(r"GLOBAL ([\w.]+)", reason)
+    what = f"it asks to import {found.group(1)}" if found else "it holds pickled objects"
+    return (f"checkpoint {path} is not a plain checkpoint: {what}, and loading it was refused "
+            "so that no code from it runs; use only checkpoints written by `robustact train` "
+            "from a source you trust")
 
 
 def model_kwargs_from_config(config: dict[str, Any], info: Any) -> dict[str, Any]:
@@ -72,4 +95,15 @@ def load_model(
             f"checkpoint {path} does not match model {config['model']!r}: "
             f"{str(exc).splitlines()[0]}"
         ) from None
+    _check_finite(model, path)
     return model.to(device).eval(), config
+
+
+def _check_finite(model: nn.Module, path: str | Path) -> None:
+    """A one-line error when a weight holds NaN or inf (a diverged training): every
+    prediction of such a model is meaningless."""
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+            raise CheckpointError(f"checkpoint {checkpoint_file(path)} holds NaN/inf weights "
+                                  f"({name}): its training diverged; train it again, e.g. "
+                                  "with a lower learning rate")

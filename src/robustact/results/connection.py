@@ -5,7 +5,8 @@ a fresh SQLite connection per transaction, as the file-based store always did; a
 connection kept for the next transaction, one per process). A transaction that meets another
 writer is rolled back and run again from the start, with backoff, until the store's ``timeout``:
 
-- SQLite: the file is in WAL mode (readers never wait for a writer); a write is
+- SQLite: the file is in WAL mode (readers never wait for a writer; a file of another
+  application is left as it is); a write is
   ``BEGIN IMMEDIATE`` (one writer at a time) that waits ``busy_timeout``; "database is locked"
   is retried. Commits are durable (``synchronous=FULL``), foreign keys are on.
 - PostgreSQL: a write is ``SERIALIZABLE`` with ``lock_timeout`` set to the time left; a
@@ -36,6 +37,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from robustact.errors import RobustactError
+from robustact.results.schema import APPLICATION_ID
 from robustact.results.url import StoreAddress
 
 T = TypeVar("T")
@@ -119,13 +121,32 @@ def _message(address: StoreAddress, exc: DBAPIError, why: str | None,
         return (f"results store {where} stayed locked by another process for {timeout:g} s; "
                 "retry, or raise the timeout")
     if address.backend == "sqlite":
-        return f"cannot open results store {where}: {reason}" if getattr(
-            exc, "robustact_connect", False) else f"results store {where} is not usable: {reason}"
+        return _sqlite_message(where, reason, getattr(exc, "robustact_connect", False))
     if why in ("unreachable", "lost"):
         waited = f" (retried for {timeout:g} s)" if timeout is not None else ""
         return (f"cannot connect to results store {where}{waited}: {reason}; check the URL, "
                 "that the server runs and accepts connections from this host, and that the "
                 "database exists")
+    return f"results store {where} is not usable: {reason}"
+
+
+DAMAGED = ("not a database", "malformed", "corrupt", "disk i/o error", "no such table",
+           "no such column")
+
+
+def _sqlite_message(where: str, reason: str, connecting: bool) -> str:
+    """One line for a SQLite store that failed: damaged, read-only, or not openable."""
+    text = reason.lower()
+    if any(word in text for word in DAMAGED):
+        return (f"results store {where} is damaged ({reason}); move it away "
+                f"(mv {where} {where}.bad) and rerun the study to rebuild it, or restore it "
+                "from a backup")
+    if "readonly" in text or "read-only" in text:
+        return (f"results store {where} is read-only ({reason}); it can be listed and "
+                "reported; to run the study, make it writable or give another --store")
+    if connecting:
+        return (f"cannot open results store {where}: {reason}; check that its folder exists "
+                "and is readable")
     return f"results store {where} is not usable: {reason}"
 
 
@@ -140,7 +161,8 @@ def _engine(url: str, pid: int) -> sa.Engine:
     parent's pooled connections)."""
     if url.startswith("sqlite"):  # a connection per transaction, closed after it (no pool):
         made = sa.create_engine(url, poolclass=NullPool)  # the file is whole when nobody writes
-        event.listen(made, "connect", _sqlite_connect)
+        read_only = "mode=ro" in url
+        event.listen(made, "connect", _sqlite_read_only if read_only else _sqlite_connect)
         return made
     # one idle connection per process at most (many jobs, one server: see docs/store.md); no
     # server-side prepared statements, so that PgBouncer in transaction mode works in front
@@ -155,5 +177,21 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # sqlite3 issues no BEGIN of its own
     dbapi_conn.execute("PRAGMA foreign_keys = ON")
     dbapi_conn.execute("PRAGMA synchronous = FULL")
-    if dbapi_conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+    if dbapi_conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal" and _ours(dbapi_conn):
         dbapi_conn.execute("PRAGMA journal_mode = WAL")
+
+
+def _ours(dbapi_conn: Any) -> bool:
+    """Whether the file is new or robustact's (another application's file stays untouched:
+    the store then refuses it)."""
+    def pragma(name: str) -> int:
+        return int(dbapi_conn.execute(f"PRAGMA {name}").fetchone()[0])
+
+    return pragma("page_count") == 0 or pragma("user_version") > 0 or \
+        pragma("application_id") == APPLICATION_ID
+
+
+def _sqlite_read_only(dbapi_conn: Any, _record: Any) -> None:
+    """Each new connection to a store opened read-only: transactions begun by us, no writes."""
+    dbapi_conn.isolation_level = None
+    dbapi_conn.execute("PRAGMA query_only = ON")

@@ -45,8 +45,16 @@ def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=_plain)
 
 
-def loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+class BadJSON(ValueError):
+    """A JSON column of the store holds text that is not JSON (a damaged store)."""
+
+
+def loads(text: str | None, where: str = "a JSON column") -> Any:
+    """The JSON ``text`` of a column (``where``: its table.column, for the message)."""
+    try:
+        return None if text is None else json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise BadJSON(f"{where} holds bad JSON: {exc}") from None
 
 
 def bits(values: Sequence[Any] | None) -> str | None:
@@ -72,7 +80,7 @@ def row_dict(row: Any, *json_columns: str) -> dict[str, Any]:
     """A result row as a dict, the named JSON columns parsed."""
     out = dict(row._mapping)
     for column in json_columns:
-        out[column] = loads(out[column])
+        out[column] = loads(out[column], column)
     return out
 
 

@@ -1,9 +1,14 @@
 """The results store's tables, one SQLAlchemy definition for SQLite and PostgreSQL, and its version.
 
 Schema version :data:`SCHEMA_VERSION`. SQLite keeps it in ``PRAGMA user_version`` (the file format
-of every robustact version so far), PostgreSQL in the one-row table ``robustact_schema``.
+of every robustact version so far) and marks the file as robustact's with ``PRAGMA
+application_id`` (:data:`APPLICATION_ID`); PostgreSQL keeps it in the one-row table
+``robustact_schema``. Version 1 stores are migrated in place (version 2 added the owner columns).
+A database that holds other tables and no robustact version is foreign (:func:`foreign_tables`):
+robustact refuses to write into it.
 
 - ``runs``: one row per (study, cell); re-recording a cell updates its row and keeps its id.
+  A running run names its owner (``owner_pid``, ``owner_host``) and its last ``heartbeat``.
 - ``epochs``: (run_id, epoch) -> ``metrics`` JSON, one per row of the training history.
 - ``evaluations``: one per run: what was evaluated, the clean accuracy and outcomes.
 - ``results``: one per (run, attack label, eps), in the record's order (``position``).
@@ -21,7 +26,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+APPLICATION_ID = 0x52424354  # "RBCT": PRAGMA application_id of robustact's SQLite files
 VERSION_TABLE = "robustact_schema"
 #: held while a PostgreSQL store creates its tables, so that two first writers do not race
 SCHEMA_LOCK = 0x726F627573746163  # "robustac"
@@ -49,6 +55,7 @@ runs = sa.Table(
     sa.Column("torch_version", TEXT), sa.Column("numpy_version", TEXT),
     sa.Column("device", TEXT), sa.Column("started", TEXT), sa.Column("finished", TEXT),
     sa.Column("train_seconds", REAL), sa.Column("eval_seconds", REAL),
+    sa.Column("owner_pid", INT), sa.Column("owner_host", TEXT), sa.Column("heartbeat", TEXT),
     sa.UniqueConstraint("study", "cell"),
 )
 epochs = sa.Table(
@@ -91,6 +98,8 @@ version_table = sa.Table(  # PostgreSQL only: SQLite has PRAGMA user_version
     VERSION_TABLE, sa.MetaData(), sa.Column("version", sa.Integer, nullable=False),
 )
 TABLES = [runs, epochs, evaluations, results, diagnostics, artifacts]
+#: columns added after version 1, with their types
+ADDED_COLUMNS = {"owner_pid": "BIGINT", "owner_host": "TEXT", "heartbeat": "TEXT"}
 
 
 def upsert(conn: sa.Connection, table: sa.Table) -> Any:
@@ -110,16 +119,37 @@ def schema_version(conn: sa.Connection) -> int:
 
 
 def foreign_tables(conn: sa.Connection) -> list[str]:
-    """Tables with robustact's names in a database robustact did not create (version 0)."""
+    """The tables that make the database another application's, not robustact's: on
+    PostgreSQL, tables with robustact's names while no version is recorded; on SQLite, any
+    table of a file without robustact's version, or of a file another application marked."""
     names = set(sa.inspect(conn).get_table_names())
-    return sorted(t.name for t in TABLES if t.name in names)
+    if conn.dialect.name != "sqlite":
+        return [] if schema_version(conn) else sorted(t.name for t in TABLES if t.name in names)
+    app = int(conn.exec_driver_sql("PRAGMA application_id").scalar_one())
+    if app not in (0, APPLICATION_ID) or (schema_version(conn) == 0 and names):
+        return sorted(names) or ["(none)"]
+    if schema_version(conn) and app == 0 and "runs" not in names:  # a version, not ours
+        return sorted(names) or ["(none)"]
+    return []
+
+
+def run_columns(conn: sa.Connection) -> list[sa.Column]:
+    """The columns of ``runs`` this database has (a version 1 store lacks the newer ones)."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns("runs")}
+    return [c for c in runs.c if c.name in have]
 
 
 def create_schema(conn: sa.Connection) -> None:
-    """Create the tables and record :data:`SCHEMA_VERSION` (inside the caller's transaction)."""
+    """Create the tables, or add the columns a version 1 store lacks, and record
+    :data:`SCHEMA_VERSION` (inside the caller's transaction)."""
     metadata.create_all(conn, checkfirst=True)
+    have = {c["name"] for c in sa.inspect(conn).get_columns("runs")}
+    for name, kind in ADDED_COLUMNS.items():
+        if name not in have:
+            conn.exec_driver_sql(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.exec_driver_sql(f"PRAGMA application_id = {APPLICATION_ID}")
         return
     version_table.create(conn, checkfirst=True)
     conn.execute(version_table.delete())

@@ -35,9 +35,11 @@ per evaluated example, in the order of the evaluated images.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -49,15 +51,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import sqlalchemy as sa
 
 from robustact.errors import ConfigError
-from robustact.results import schema
+from robustact.locks import Owner, hold, me
+from robustact.results import integrity, schema
 from robustact.results.connection import StoreError, transact
 from robustact.results.rows import (
     CLEAN,
     WORST_CASE,
+    BadJSON,
     as_float,
     as_int,
     dumps,
     evaluation_rows,
+    loads,
     now,
     row_dict,
 )
@@ -150,20 +155,49 @@ class ResultsStore:
     store URL; ``timeout``: seconds a write may wait for other writers before
     :class:`StoreError` is raised."""
 
-    def __init__(self, target: str | Path, *, timeout: float = 120.0) -> None:
+    def __init__(self, target: str | Path, *, timeout: float = 120.0,
+                 readonly: bool | None = None) -> None:
         self.address = store_address(target)
         self.path = self.address.path  # the SQLite file; None for PostgreSQL
         self.location = self.address.location  # the path, or the URL without its password
         self.timeout = float(timeout)
+        self.readonly = bool(readonly) if readonly is not None else _read_only(self.path)
         if self.path is not None:
-            if self.path.is_dir():
-                raise ConfigError(f"results store {self.path} is a directory; give a file path, "
-                                  "e.g. runs/results.sqlite")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        version = transact(self.address, schema.schema_version, mode="read",
-                           timeout=self.timeout, opened=False)
-        if version != SCHEMA_VERSION:  # the write lock only when there is something to do
-            self._transact(self._create_schema, "schema")
+            _check_file(self.path, self.readonly)
+            if self.readonly:
+                self.address = self.address.read_only()
+        version, foreign = transact(self.address, _inspect, mode="read", timeout=self.timeout,
+                                    opened=False)
+        self._refuse(version, foreign)
+        if version != SCHEMA_VERSION and not self.readonly:  # the write lock only when needed
+            with self._schema_lock():
+                self._transact(self._create_schema, "schema")
+        self._run_columns = (self._transact(schema.run_columns, "read")
+                             if version != SCHEMA_VERSION else list(schema.runs.c))
+
+    def _refuse(self, version: int, foreign: list[str]) -> None:
+        """Refuse a database another application made, or a newer or missing schema."""
+        if foreign:
+            fix = ("give a new file, e.g. runs/results.sqlite" if self.path is not None
+                   else "give an empty database (createdb NAME)")
+            raise StoreError(
+                f"results store {self.location} is another application's database (tables "
+                f"{', '.join(foreign[:5])}), not robustact's; robustact does not write into it: "
+                f"{fix}")
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"results store {self.location} has schema version {version}, "
+                             f"newer than this robustact's {SCHEMA_VERSION}; upgrade robustact")
+        if self.readonly and version == 0:
+            raise StoreError(f"results store {self.location} is read-only and holds no "
+                             "results yet; run the study into a writable store first")
+
+    def _schema_lock(self) -> Any:
+        """The OS lock of a SQLite store's schema creation (PostgreSQL takes an advisory
+        lock in the transaction instead)."""
+        if self.path is None:
+            return contextlib.nullcontext()
+        return hold(self.path.with_name(f".{self.path.name}.lock"),
+                    f"creating the tables of results store {self.location}", wait=self.timeout)
 
     def __repr__(self) -> str:
         return f"ResultsStore({self.location!r})"
@@ -174,9 +208,19 @@ class ResultsStore:
     # transactions -------------------------------------------------------------------------
 
     def _transact(self, work: Callable[[sa.Connection], T], mode: str) -> T:
-        return transact(self.address, work, mode=mode, timeout=self.timeout)
+        try:
+            return transact(self.address, work, mode=mode, timeout=self.timeout)
+        except BadJSON as exc:
+            raise StoreError(
+                f"results store {self.location} is damaged ({exc}); move it away "
+                f"(mv {self.location} {self.location}.bad) and rerun the study to rebuild it, "
+                "or restore it from a backup") from None
 
     def _write(self, work: Callable[[sa.Connection], T]) -> T:
+        if self.readonly:
+            raise StoreError(f"results store {self.location} is read-only; it can be listed "
+                             "and reported; to record runs, make it writable or give another "
+                             "--store")
         return self._transact(work, "write")
 
     def _read(self, work: Callable[[sa.Connection], T]) -> T:
@@ -208,7 +252,7 @@ class ResultsStore:
                    config_hash: str | None, status: str, error: str | None = None,
                    device: str | None = None, seed: int | None = None,
                    train_seconds: float | None = None,
-                   eval_seconds: float | None = None) -> int:
+                   eval_seconds: float | None = None, owner: Owner | None = None) -> int:
         """Insert or update the run of ``cell`` in ``study``; returns its id (stable across
         re-recordings, so earlier epochs, results and artifacts stay attached).
 
@@ -218,7 +262,8 @@ class ResultsStore:
         ``seed``, ``train_seconds`` and ``eval_seconds`` left at None keep the stored values
         (a cell whose training was reused keeps its training time). ``config`` is a dict (or
         an object with ``to_dict``, e.g. a TrainConfig); code and package versions are
-        recorded automatically.
+        recorded automatically. A running run records its ``owner`` (default: this process)
+        and a heartbeat (:meth:`heartbeat`); a finished one clears them.
         """
         if status not in STATUSES:
             raise ConfigError(f"unknown run status {status!r}; valid: {', '.join(STATUSES)}")
@@ -233,6 +278,7 @@ class ResultsStore:
             "seed": as_int(seed), "device": device, "train_seconds": as_float(train_seconds),
             "eval_seconds": as_float(eval_seconds), "started": stamp,
             "finished": None if status == "running" else stamp, **environment(),
+            **_owner_columns(owner or me() if status == "running" else None, stamp),
         }
         return self._write(lambda conn: int(conn.execute(_upsert_run(conn, row)).scalar_one()))
 
@@ -306,6 +352,26 @@ class ResultsStore:
         return self._write(lambda conn: conn.execute(schema.runs.delete().where(
             schema.runs.c.study == study, schema.runs.c.cell == cell)).rowcount > 0)
 
+    def heartbeat(self, run_id: int) -> None:
+        """Renew the lease of running run ``run_id`` owned by this process."""
+        runs = schema.runs
+        self._write(lambda conn: conn.execute(runs.update().where(
+            runs.c.id == run_id, runs.c.status == "running", runs.c.owner_pid == os.getpid(),
+        ).values(heartbeat=now())))
+
+    def mark_interrupted(self, run_id: int, error: str) -> bool:
+        """Record running run ``run_id`` as failed with ``error`` (its owner died); returns
+        whether it was still running."""
+        runs = schema.runs
+        return self._write(lambda conn: conn.execute(runs.update().where(
+            runs.c.id == run_id, runs.c.status == "running").values(
+            status="failed", error=error, finished=now(), owner_pid=None, owner_host=None,
+            heartbeat=None)).rowcount > 0)
+
+    def integrity(self) -> str:
+        """``"ok"``, or one line naming what is wrong (:mod:`robustact.results.integrity`)."""
+        return self._read(integrity.check)
+
     # reading ------------------------------------------------------------------------------
 
     def studies(self) -> list[str]:
@@ -316,7 +382,7 @@ class ResultsStore:
     def runs(self, study: str | None = None) -> list[dict[str, Any]]:
         """Every run (of ``study``), in recording order; ``config`` as a dict."""
         runs = schema.runs
-        query = sa.select(runs).order_by(runs.c.id)
+        query = sa.select(*self._run_columns).order_by(runs.c.id)
         if study is not None:
             query = query.where(runs.c.study == study)
         return self._read(lambda conn: [row_dict(r, "config") for r in conn.execute(query)])
@@ -325,14 +391,16 @@ class ResultsStore:
         """The run of ``cell`` in ``study``, or None."""
         runs = schema.runs
         row = self._read(lambda conn: conn.execute(
-            sa.select(runs).where(runs.c.study == study, runs.c.cell == cell)).first())
+            sa.select(*self._run_columns).where(runs.c.study == study,
+                                                runs.c.cell == cell)).first())
         return None if row is None else row_dict(row, "config")
 
     def epochs(self, run_id: int) -> list[dict[str, Any]]:
         """The training history of run ``run_id``: one metrics dict per epoch, in order."""
         table = schema.epochs
         query = sa.select(table.c.metrics).where(table.c.run_id == run_id).order_by(table.c.epoch)
-        return self._read(lambda conn: [json.loads(m) for m in conn.execute(query).scalars()])
+        return self._read(lambda conn: [loads(m, "epochs.metrics")
+                                        for m in conn.execute(query).scalars()])
 
     def evaluation(self, run_id: int) -> dict[str, Any] | None:
         """What the last evaluation of run ``run_id`` covered (model, dataset, n, eps_list,
@@ -350,7 +418,8 @@ class ResultsStore:
         table = schema.diagnostics
         row = self._read(lambda conn: conn.execute(
             sa.select(table.c.verdict, table.c.checks).where(table.c.run_id == run_id)).first())
-        return None if row is None else {"verdict": row[0], "checks": json.loads(row[1])}
+        return None if row is None else {"verdict": row[0],
+                                          "checks": loads(row[1], "diagnostics.checks")}
 
     def results(self, study: str | None = None, *,
                 run_id: int | None = None) -> list[dict[str, Any]]:
@@ -439,6 +508,40 @@ EXPORT_COLUMNS = [
     "attack", "eps", "robust_accuracy", "ci_low", "ci_high", "n", "robust", "seconds", "queries",
     "verdict",
 ]
+
+
+def _read_only(path: Path | None) -> bool:
+    """Whether a SQLite store can only be read: its file or its folder is not writable."""
+    if path is None or not path.is_file():
+        return False
+    return not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
+
+
+def _check_file(path: Path, readonly: bool) -> None:
+    """A SQLite store's path: not a folder; its folder made (unless read-only)."""
+    if path.is_dir():
+        raise ConfigError(f"results store {path} is a directory; give a file path, "
+                          "e.g. runs/results.sqlite")
+    if readonly:
+        if not path.is_file():
+            raise StoreError(f"no results store at {path}; run the study first")
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the folder of results store {path}: "
+                         f"{exc.strerror or exc}; give a writable --store or --out") from None
+
+
+def _inspect(conn: sa.Connection) -> tuple[int, list[str]]:
+    """The stored schema version and the tables that make the database foreign."""
+    return schema.schema_version(conn), schema.foreign_tables(conn)
+
+
+def _owner_columns(owner: Owner | None, stamp: str) -> dict[str, Any]:
+    if owner is None:
+        return {"owner_pid": None, "owner_host": None, "heartbeat": None}
+    return {"owner_pid": owner.pid, "owner_host": owner.host, "heartbeat": stamp}
 
 
 def _upsert_run(conn: sa.Connection, row: dict[str, Any]) -> Any:

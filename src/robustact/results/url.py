@@ -13,8 +13,10 @@ Messages show :attr:`StoreAddress.location`: the path, or the URL without its pa
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -34,6 +36,20 @@ class StoreAddress:
     url: URL
     location: str
     path: Path | None = None
+    readonly: bool = False
+
+    def read_only(self) -> StoreAddress:
+        """This SQLite store opened read-only (``mode=ro``). Without a write-ahead log to
+        read, also ``immutable``: a read-only folder cannot hold the WAL's shared-memory
+        file, and nobody can write there."""
+        assert self.path is not None, "PostgreSQL stores are read-only by their grants"
+        wal = self.path.with_name(self.path.name + "-wal")
+        query = {"mode": "ro", "uri": "true"}
+        if not (wal.is_file() and wal.stat().st_size):
+            query["immutable"] = "1"
+        url = URL.create("sqlite", database=f"file:{quote(str(self.path.absolute()))}",
+                         query=query)
+        return dataclasses.replace(self, url=url, readonly=True)
 
 
 def store_address(target: str | Path) -> StoreAddress:

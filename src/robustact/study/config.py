@@ -30,6 +30,10 @@ training options are the same (same configuration hash) share one training run, 
 directory of the first of them. ``finetune_from: cell:ID`` starts from cell ID's checkpoint
 (that cell runs first). ``posthoc`` applies a defense of :mod:`robustact.defenses` (``sap``,
 ``dro``, ``rnw``, ...) to the trained network before evaluation.
+
+:func:`load_study` checks every cell (training and evaluation options, attack specs) when the
+file is read, before any training starts; an error names the file, the cell and the key:
+``s.yaml, cell relu, evaluate.n: must be >= 1, got 0; give the number of test points, ...``.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from typing import Any, Protocol, TypeVar
 
 from robustact.errors import ConfigError
 from robustact.eval.config import DEFAULT_SUITE, EvalConfig
-from robustact.options import load_config_file, short_hash
+from robustact.options import load_config_file, short_hash, within
 from robustact.train.config import TrainConfig
 
 
@@ -160,15 +164,12 @@ def read_study_layout(path: str | Path, out: str | Path | None, *, default_root:
     if unknown:
         raise ConfigError(f"{path}: unknown study key(s) {', '.join(unknown)}; valid: name, "
                           "out, train, grid, cells, evaluate")
+    _check_layout_types(path, data)
     name = str(data.get("name") or Path(path).stem)
     root = Path(out or data.get("out") or f"{default_root}/{name}")
     base = data.get("train") or {}
-    if not isinstance(base, dict):
-        raise ConfigError(f"{path}: train must be a mapping of training options")
     overrides: list[tuple[str, dict[str, Any]]] = []
     grid = data.get("grid") or {}
-    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise ConfigError(f"{path}: grid must map option names to non-empty lists")
     if grid:
         keys = list(grid)
         for values in itertools.product(*(grid[k] for k in keys)):
@@ -176,7 +177,8 @@ def read_study_layout(path: str | Path, out: str | Path | None, *, default_root:
             overrides.append((cell_id, dict(zip(keys, values, strict=True))))
     for entry in data.get("cells") or []:
         if not isinstance(entry, dict) or not entry.get("id"):
-            raise ConfigError(f"{path}: every entry of cells needs an id, got {entry!r}")
+            raise ConfigError(f"{path}: every entry of cells needs an id, got {entry!r}; give "
+                              "e.g. cells: [{id: relu, activation: relu}]")
         entry = dict(entry)
         overrides.append((str(entry.pop("id")), entry))
     if not overrides:
@@ -186,6 +188,27 @@ def read_study_layout(path: str | Path, out: str | Path | None, *, default_root:
     if duplicates:
         raise ConfigError(f"{path}: duplicate cell id(s) {', '.join(duplicates)}")
     return StudyLayout(name, root, base, overrides, dict(data.get("evaluate") or {}))
+
+
+def _check_layout_types(path: str | Path, data: dict[str, Any]) -> None:
+    """One-line errors for study keys of the wrong type (before any cell is read)."""
+    for key in ("name", "out"):
+        if data.get(key) is not None and not isinstance(data[key], str | int):
+            raise ConfigError(f"{path}, {key}: must be a text, got {data[key]!r}; give e.g. "
+                              f"{key}: my_study")
+    for key, example in (("train", "train: {model: small_cnn, epochs: 10}"),
+                         ("evaluate", "evaluate: {eps: [0.1], n: 1000}")):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ConfigError(f"{path}, {key}: must be a mapping of options, got "
+                              f"{data[key]!r}; give e.g. {example}")
+    grid = data.get("grid")
+    if grid is not None and (not isinstance(grid, dict)
+                             or not all(isinstance(v, list) and v for v in grid.values())):
+        raise ConfigError(f"{path}, grid: must map option names to non-empty lists, got "
+                          f"{grid!r}; give e.g. grid: {{activation: [relu, kwta]}}")
+    if data.get("cells") is not None and not isinstance(data["cells"], list):
+        raise ConfigError(f"{path}, cells: must be a list, got {data['cells']!r}; give e.g. "
+                          "cells: [{id: relu, activation: relu}]")
 
 
 def load_study(path: str | Path, out: str | Path | None = None) -> StudyConfig:
@@ -211,13 +234,19 @@ def load_study(path: str | Path, out: str | Path | None = None) -> StudyConfig:
         try:
             config = TrainConfig.from_dict(options)
         except ConfigError as exc:
-            raise ConfigError(f"{path}, cell {cell_id}: {exc}") from None
+            raise within(f"{path}, cell {cell_id}", exc) from None
         posthoc = extra.get("posthoc")
         if posthoc is not None and (not isinstance(posthoc, dict) or "defense" not in posthoc):
-            raise ConfigError(f"{path}, cell {cell_id}: posthoc must be a mapping with a "
-                              "defense, e.g. {defense: sap, frac: 1.0}")
+            raise ConfigError(f"{path}, cell {cell_id}, posthoc: must be a mapping with a "
+                              f"defense, got {posthoc!r}; give e.g. {{defense: sap, frac: 1.0}}")
+        if posthoc is not None:
+            _check_posthoc(f"{path}, cell {cell_id}, posthoc", posthoc)
+        cell_evaluate = extra.get("evaluate") or {}
+        if not isinstance(cell_evaluate, dict):
+            raise ConfigError(f"{path}, cell {cell_id}, evaluate: must be a mapping of "
+                              f"options, got {cell_evaluate!r}; give e.g. {{samples: 10}}")
         cell_eval = _check_evaluate(f"{path}, cell {cell_id}",
-                                    merge(layout.evaluate, extra.get("evaluate") or {}))
+                                    merge(layout.evaluate, cell_evaluate))
         owner = owners.get(config.hash())
         cell = Cell(cell_id, config, needs=needs, posthoc=posthoc, evaluate=cell_eval)
         if owner is not None:
@@ -231,4 +260,16 @@ def load_study(path: str | Path, out: str | Path | None = None) -> StudyConfig:
 
 def _check_evaluate(where: str | Path, evaluate: dict[str, Any]) -> EvalConfig | None:
     """The typed evaluation settings of an ``evaluate:`` block, or None without one."""
-    return EvalConfig.from_dict(evaluate, str(where)) if evaluate else None
+    return EvalConfig.from_dict(evaluate, str(where), prefix="evaluate.") if evaluate else None
+
+
+def _check_posthoc(where: str, posthoc: dict[str, Any]) -> None:
+    """The defense's name, parameters and values, checked as the file is read."""
+    from robustact.defenses import check_defense
+
+    params = {k: v for k, v in posthoc.items() if k != "defense"}
+    try:
+        check_defense(str(posthoc["defense"]), params)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {str(exc).splitlines()[0]}; robustact list defenses "
+                          "shows each defense's parameters") from None

@@ -18,7 +18,9 @@
       mc_samples: 100                 # passes averaged for the attack's gradient (EOT)
 
 The layout is the image studies' (:mod:`robustact.study.config`); the cells run through the
-same lifecycle (:mod:`robustact.study.rl_cell`).
+same lifecycle (:mod:`robustact.study.rl_cell`). Every cell is checked when the file is read
+(values against :class:`robustact.study.schema.RLEvalSchema` and the DQN options), before any
+agent trains.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from typing import Any
 
 from robustact import options
 from robustact.errors import ConfigError
+from robustact.options import check_schema, within
 from robustact.rl.dqn import DQNConfig
+from robustact.study.schema import RLEvalSchema
 
 
 def parse_eps(value: Any) -> float:
@@ -72,22 +76,26 @@ class RLEvalConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> RLEvalConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}, evaluate: must be a mapping of options, got {data!r}; "
+                              "give e.g. evaluate: {eps: [0, 4/255], episodes: 20}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"{where}: unknown evaluate key(s) {', '.join(unknown)}; valid: "
                               f"{', '.join(sorted(names))}")
+        check_schema(RLEvalSchema, data, where, prefix="evaluate.")
         values = dict(data)
         eps = values.get("eps", [0.0])
-        values["eps"] = tuple(parse_eps(e) for e in (eps if isinstance(eps, list) else [eps]))
-        if values.get("sap_frac") is not None:
-            from robustact.defenses.sap import check_frac
-
-            values["sap_frac"] = check_frac(values["sap_frac"])
         try:
+            values["eps"] = tuple(parse_eps(e) for e in (eps if isinstance(eps, list) else [eps]))
+            if values.get("sap_frac") is not None:
+                from robustact.defenses.sap import check_frac
+
+                values["sap_frac"] = check_frac(values["sap_frac"])
             return cls(**values)
         except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+            raise within(where, exc) from None
 
 
 @dataclass
@@ -143,19 +151,28 @@ def load_rl_study(path: str | Path, out: str | Path | None = None) -> RLStudy:
     cells = []
     for cell_id, override in layout.cells:
         where = f"{path}, cell {cell_id}"
-        cell_eval = RLEvalConfig.from_dict(
-            merge(layout.evaluate, override.pop("evaluate", None) or {}), where)
+        cell_evaluate = override.pop("evaluate", None) or {}
+        if not isinstance(cell_evaluate, dict):
+            raise ConfigError(f"{where}, evaluate: must be a mapping of options, got "
+                              f"{cell_evaluate!r}; give e.g. {{episodes: 20}}")
+        cell_eval = RLEvalConfig.from_dict(merge(layout.evaluate, cell_evaluate), where)
         try:
             config = DQNConfig.from_dict({**merge(layout.base, override),
                                           "out": str(layout.root / cell_id)})
         except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+            raise within(where, exc) from None
+        except TypeError as exc:  # a value of the wrong type that DQNConfig compared
+            raise ConfigError(f"{where}: {exc}; check the types of the cell's options") from None
         cells.append(RLCell(cell_id, config, cell_eval))
     return RLStudy(layout.name, layout.root, cells)
 
 
 def load_any_study(path: str | Path, out: str | Path | None = None) -> Any:
-    """An image or an RL study, whichever the file describes."""
+    """An image or an RL study, whichever the file describes; ``path`` is a file or a
+    shipped study's name (``demo``, ``kaf/fashion_mnist``: :mod:`robustact.study.shipped`)."""
+    from robustact.study.shipped import study_file
+
+    path = study_file(path)
     if is_rl_study_file(path):
         return load_rl_study(path, out)
     from robustact.study.config import load_study

@@ -6,7 +6,10 @@ exports, error.log) and is recorded in the study's results store,
 listings, stale detection, ``results.md`` / ``results.json`` and ``robustact report`` read it.
 Re-running skips what is done: a finished training run with the same configuration hash is
 reused, an interrupted one is resumed, an evaluation the store holds with the same settings is
-reused. A cell that fails is recorded as failed and the others go on. Image studies
+reused. Processes running one study at once share its work: a cell and a training run are each
+held by one process at a time (an OS lock, :mod:`robustact.locks`); a cell another process
+holds is left for the end and then waited for, so that every cell ends done once. A cell that
+fails is recorded as failed and the others go on. Image studies
 (:mod:`robustact.study.config`) and RL studies (:mod:`robustact.study.rl_config`) run alike.
 """
 
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from robustact.distributed import current, init_distributed
-from robustact.errors import ConfigError
+from robustact.errors import BusyError, ConfigError
 from robustact.files import write_atomic, write_json
 from robustact.study.cells import work_for
 from robustact.study.lifecycle import CellResult, Log, cell_status, run_cell
@@ -48,11 +51,7 @@ def run_study(study: Any, *, cells: list[str] | None = None, jobs: int = 1,
     if current().enabled:
         return _run_together(study, chosen, jobs, log)
     if jobs == 1:
-        store = study_store(study)
-        results = []
-        for i, cell in enumerate(chosen, 1):
-            log(f"== cell {i}/{len(chosen)}: {cell.id}")
-            results.append(run_cell(store, study.name, work_for(cell), log=log))
+        results = _run_in_turn(study_store(study), study, chosen, log)
     else:
         from robustact.study.parallel import run_parallel
 
@@ -60,6 +59,27 @@ def run_study(study: Any, *, cells: list[str] | None = None, jobs: int = 1,
     write_exports(study)
     log(f"results: {Path(study.out) / 'results.md'}")
     return results
+
+
+def _run_in_turn(store: Any, study: Any, chosen: list[Any], log: Log) -> list[CellResult]:
+    """Each cell in order; a cell another process holds (and each cell needing it) is left
+    for the end, with one line naming the holder, and then waited for."""
+    results: dict[str, CellResult] = {}
+    later: list[Any] = []
+    for i, cell in enumerate(chosen, 1):
+        if any(n in {c.id for c in later} for n in cell.needs):
+            later.append(cell)
+            continue
+        log(f"== cell {i}/{len(chosen)}: {cell.id}")
+        try:
+            results[cell.id] = run_cell(store, study.name, work_for(cell), log=log, wait=False)
+        except BusyError as exc:
+            log(f"[{cell.id}] left for later: {exc}")
+            later.append(cell)
+    for cell in later:
+        log(f"== cell {cell.id} (after the process that held it)")
+        results[cell.id] = run_cell(store, study.name, work_for(cell), log=log, wait=True)
+    return [results[c.id] for c in chosen]
 
 
 def run_in_group(study: Any, cell_id: str, log: Log = print) -> CellResult:

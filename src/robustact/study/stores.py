@@ -20,6 +20,7 @@ from robustact.errors import ConfigError
 from robustact.results import ResultsStore, store_address
 from robustact.study.cells import store_path
 from robustact.study.rl_config import load_any_study
+from robustact.study.shipped import is_shipped, study_file
 
 
 def with_store(study: Any, store: str | None) -> Any:
@@ -56,6 +57,8 @@ def open_study_store(source: str, load: Any = None, command: str = "robustact ru
     ``command`` is the one that fills the store, for the error message; ``store``: a store
     path or URL that holds the study's results instead of its directory's results.sqlite."""
     path = Path(source)
+    if not path.exists() and path.suffix not in (".sqlite", ".db") and is_shipped(source):
+        path = study_file(source)  # a shipped study by name: robustact report demo
     if path.suffix in (".yaml", ".yml"):
         study = (load or load_any_study)(path)
         target, name, root = store or store_path(study), study.name, Path(study.out)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from robustact.files import atomic_path
+from robustact.files import write_atomic
 from robustact.models.checkpoint import (
     CHECKPOINT_NAME,
     build_model,
@@ -23,9 +24,13 @@ __all__ = ["CHECKPOINT_NAME", "FORMAT_VERSION", "build_model", "load_checkpoint"
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
+    """``torch.save`` into memory, then write the bytes to a temporary file beside ``path``,
+    fsync, and rename over ``path``.
 
-    A run killed mid-write leaves the previous checkpoint intact, never a truncated one.
+    A run killed mid-write leaves the previous checkpoint intact, never a truncated one. A full
+    disk is an ``OSError`` naming the file (torch's own writer reports it as a RuntimeError of
+    its C++ core), and no temporary file is left.
     """
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getbuffer().tobytes())

@@ -1,13 +1,28 @@
-"""The training configuration: one flat dataclass, loadable from YAML, overridable by CLI flags."""
+"""The training configuration: one flat dataclass, loadable from YAML, overridable by CLI flags.
+
+Every value is checked when a configuration is built (its type and range by the pydantic
+schemas of :mod:`robustact.train.schema`; names against the registries; the model against
+the dataset's image size), so a bad value fails before any training starts.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from robustact.errors import ConfigError
-from robustact.options import OptionsMixin, from_options, load_config_file, parse_eps, short_hash
+from robustact.options import (
+    OptionError,
+    OptionsMixin,
+    check_schema,
+    from_options,
+    load_config_file,
+    parse_eps,
+    short_hash,
+)
+from robustact.train.schema import AdversarialSchema, SparsitySchema, TrainSchema
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "onecycle", "cyclic")
@@ -26,12 +41,7 @@ class SparsitySchedule:
     begin_epoch: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("start", "target"):
-            value = getattr(self, name)
-            if not 0.0 < value <= 1.0:
-                raise ConfigError(f"sparsity {name} must be in (0, 1], got {value:g}")
-        if self.step <= 0 or self.every < 1 or self.begin_epoch < 0:
-            raise ConfigError("sparsity step must be > 0, every >= 1 and begin_epoch >= 0")
+        check_schema(SparsitySchema, dataclasses.asdict(self), prefix="sparsity.")
         if self.target > self.start:
             raise ConfigError(
                 f"sparsity target {self.target:g} is above start {self.start:g}; "
@@ -82,20 +92,16 @@ class AdversarialTraining:
         if self.method not in ADV_METHODS:
             raise ConfigError(f"unknown adversarial training method {self.method!r}; "
                               "valid: fgsm (fast AT), pgd (Madry)")
+        check_schema(AdversarialSchema, dataclasses.asdict(self), prefix="adversarial.")
         # one spelling of eps everywhere: a number or a fraction such as "8/255"
-        self.eps = parse_eps(self.eps, what="adversarial eps")
+        self.eps = parse_eps(self.eps, key="adversarial.eps")
         if isinstance(self.step_size, str):
-            self.step_size = parse_eps(self.step_size, what="adversarial step_size")
-        if not 0.0 < self.eps <= 1.0:
-            raise ConfigError(f"adversarial eps must be in (0, 1] (pixel scale), got {self.eps}")
+            self.step_size = parse_eps(self.step_size, key="adversarial.step_size")
+        if self.eps == 0:
+            raise OptionError("adversarial.eps", "must be > 0", "give e.g. 0.1 or 8/255")
         if self.step_size is not None and self.step_size <= 0:
-            raise ConfigError(f"adversarial step_size must be > 0, got {self.step_size}")
-        if self.steps < 1 or self.guard_steps < 1 or self.guard_size < 1:
-            raise ConfigError("adversarial steps, guard_steps and guard_size must be >= 1")
-        if not 0.0 < self.fraction <= 1.0:
-            raise ConfigError(f"adversarial fraction must be in (0, 1], got {self.fraction}")
-        if not 0.0 < self.guard_drop <= 1.0:
-            raise ConfigError(f"guard_drop must be in (0, 1], got {self.guard_drop}")
+            raise OptionError("adversarial.step_size", f"must be > 0, got {self.step_size}",
+                              "give e.g. 0.01, or omit it for the method's default")
 
     def attack(self) -> Any:
         """The training attack, built from :mod:`robustact.attacks`."""
@@ -165,7 +171,12 @@ class TrainConfig(OptionsMixin):
 
     def __post_init__(self) -> None:
         if isinstance(self.sparsity, dict):
-            self.sparsity = SparsitySchedule(**self.sparsity)
+            self.sparsity = from_options(SparsitySchedule, self.sparsity, "sparsity")
+        for key, cls in (("sparsity", SparsitySchedule), ("adversarial", AdversarialTraining)):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, dict | cls):
+                raise OptionError(key, f"must be a mapping of options, got {value!r}",
+                                  f"give e.g. {SECTION_EXAMPLES[key]}")
         if isinstance(self.adversarial, dict):
             self.adversarial = from_options(AdversarialTraining, self.adversarial, "adversarial")
         if self.schedule == "cyclic":  # fast AT's name for the same triangle
@@ -173,24 +184,55 @@ class TrainConfig(OptionsMixin):
         self.validate()
 
     def validate(self) -> None:
+        """Check every option: names, then types and ranges (the schema), then how the
+        options fit together."""
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid names: sgd, adam")
         if self.schedule not in SCHEDULES:
             raise ConfigError(
                 f"unknown schedule {self.schedule!r}; valid names: {', '.join(SCHEDULES)}"
             )
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
-        if not 0.0 < self.peak_at < 1.0:
-            raise ConfigError(f"peak_at must be in (0, 1), got {self.peak_at}")
+        flat = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        check_schema(TrainSchema, flat)
         if Path(self.metrics_file).suffix not in (".jsonl", ".csv"):
-            raise ConfigError(f"metrics_file must end in .jsonl or .csv, got {self.metrics_file}")
+            raise ConfigError(f"metrics_file must end in .jsonl or .csv, got "
+                              f"{self.metrics_file}; give e.g. metrics.jsonl")
         if self.sparsity is not None and self.activation != "kwta":
             raise ConfigError("a sparsity schedule needs activation 'kwta'")
+        check_names(self.model, self.dataset, self.activation)
+        check_input_size(self.model, self.dataset, self.resize)
+
+
+SECTION_EXAMPLES = {"sparsity": "sparsity: {start: 0.2, target: 0.1}",
+                    "adversarial": "adversarial: {method: fgsm, eps: 0.1}"}
+#: the smallest image side a model's layers accept (AlexNet: 11x11 stride-4 stem, 3 poolings)
+MIN_SIDE = {"alexnet": 63}
+
+
+def check_names(model: str, dataset: str, activation: str) -> None:
+    """One-line errors (listing the valid names) for an unknown model, dataset or
+    activation, before anything is trained."""
+    import robustact.defenses  # noqa: F401 - registers the "sap" activation
+    from robustact.activations import ACTIVATIONS
+    from robustact.data import dataset_info
+    from robustact.models import MODELS
+
+    MODELS.get(model)
+    dataset_info(dataset)
+    ACTIVATIONS.get(activation)
+
+
+def check_input_size(model: str, dataset: str, resize: int | None) -> None:
+    """A model whose layers need larger images than the dataset's (AlexNet on 32x32 SVHN) is
+    a one-line error that says to resize."""
+    from robustact.data import dataset_info
+
+    side = resize or min(dataset_info(dataset).image_size)
+    need = MIN_SIDE.get(model)
+    if need is not None and side < need:
+        raise ConfigError(f"model {model} needs images of at least {need}x{need} pixels, "
+                          f"{dataset}'s are {side}x{side}; add --resize 224 (resize: 224 in a "
+                          "config file)")
 
 
 __all__ = ["ADV_METHODS", "OPTIMIZERS", "SCHEDULES", "AdversarialTraining", "SparsitySchedule",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from robustact.device import amp_dtype
 from robustact.distributed import DistContext, init_distributed
 from robustact.errors import CheckpointError, ConfigError
 from robustact.eval.accuracy import evaluate_accuracy
+from robustact.locks import hold, is_held
 from robustact.train.checkpoint import (
     CHECKPOINT_NAME,
     FORMAT_VERSION,
@@ -82,12 +84,45 @@ def train(config: TrainConfig, *, resume: bool = False, log: Any = print) -> Tra
     epoch and ends with the same weights as an uninterrupted run (same seed, same device).
     Under ``torchrun`` the processes train one model data-parallel (see
     :mod:`robustact.train.distributed`); rank 0 writes the files.
+
+    One process at a time trains into ``config.out`` (rank 0 holds the OS lock
+    ``<out>/.train.lock``); another waits for it, then resumes what it left, or reuses it
+    when it finished (no epoch is run or written twice).
     """
     ctx, device = init_distributed(config.device)
+    quiet = log if ctx.is_main else (lambda _: None)
     try:
-        return _train(config, resume, log if ctx.is_main else (lambda _: None), ctx, device)
+        with _run_lock(config, ctx, quiet) as waited:
+            return _train(config, resume or waited or _finished(config), quiet, ctx, device)
     finally:
         ctx.close()
+
+
+RUN_LOCK = ".train.lock"
+
+
+@contextlib.contextmanager
+def _run_lock(config: TrainConfig, ctx: DistContext, log: Any) -> Iterator[bool]:
+    """Hold the training run's lock (rank 0); yields whether another process held it first."""
+    if not ctx.is_main:
+        yield False
+        return
+    path = Path(config.out) / RUN_LOCK
+    waited = is_held(path)
+    with hold(path, f"training run {config.out}", wait=True, log=log):
+        yield waited
+
+
+def _finished(config: TrainConfig) -> bool:
+    """Whether ``config.out`` holds a finished run of this very configuration (reused)."""
+    out = Path(config.out)
+    summary = out / "summary.json"
+    if not (out / CHECKPOINT_NAME).is_file() or not summary.is_file():
+        return False
+    try:
+        return json.loads(summary.read_text()).get("config_hash") == config.hash()
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 @dataclass
@@ -264,6 +299,8 @@ def _resume(run: _Run, resume: bool) -> None:
         run.start_epoch = config.epochs
         run.log(f"{out} stopped early after epoch {ckpt['epoch'] + 1} (overfitting guard); "
                 "nothing to resume")
+    elif run.start_epoch >= config.epochs:
+        run.log(f"{out} finished earlier (all {config.epochs} epochs); reusing it")
     else:
         run.log(f"resuming {out} after epoch {ckpt['epoch'] + 1}/{config.epochs}")
 
