@@ -12,27 +12,29 @@ from robustact.cli.common import (
     report_failed,
 )
 
-RUN_EXAMPLE = ("examples:\n  robustact run configs/kaf_fmnist.yaml\n"
-               "  robustact run configs/kaf_fmnist.yaml --cell kaf_relu\n"
-               "  robustact run configs/kaf_fmnist.yaml --list\n"
-               "  robustact run configs/kaf_fmnist.yaml --repair\n"
+RUN_EXAMPLE = ("examples:\n  robustact run demo                # a shipped study, by name\n"
+               "  robustact run kaf/fashion_mnist\n"
+               "  robustact run kaf/fashion_mnist --cell kaf\n"
+               "  robustact run kaf/fashion_mnist --list\n"
+               "  robustact run kaf/fashion_mnist --repair\n"
                "  # one SLURM job per cell, each cell's training and evaluation over 4 GPUs\n"
-               "  robustact run configs/kaf_fmnist.yaml --launcher slurm --partition gpu "
+               "  robustact run kaf/fashion_mnist --launcher slurm --partition gpu "
                "--gpus-per-cell 4\n"
-               "  robustact run configs/kaf_fmnist.yaml --status\n"
+               "  robustact run kaf/fashion_mnist --status\n"
                "  # the same on this machine (submitit's local executor), 2 CPU processes a cell\n"
-               "  robustact run configs/kaf_fmnist.yaml --launcher local "
+               "  robustact run kaf/fashion_mnist --launcher local "
                "--processes-per-cell 2\n"
                "  # one cell over this node's GPUs\n"
-               "  torchrun --nproc-per-node 4 -m robustact run configs/kaf_fmnist.yaml "
-               "--cell kaf_relu\n")
+               "  torchrun --nproc-per-node 4 -m robustact run kaf/fashion_mnist "
+               "--cell kaf\n")
 
 
 def add_run_parser(sub: Any) -> None:
     """Add ``run`` to the subparsers ``sub``."""
     p = add_command(sub, "run", "run a study: train and evaluate every cell, tabulate",
                     RUN_EXAMPLE)
-    add_study_arguments(p, "study YAML file (see docs/studies.md)",
+    add_study_arguments(p, "study YAML file, or a shipped study's name "
+                        "(robustact list studies)",
                         "run only this cell (repeatable); for cluster job arrays",
                         "study directory (default: the file's out, or runs/NAME)")
     p.add_argument("--jobs", type=int, default=1,

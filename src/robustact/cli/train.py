@@ -27,10 +27,11 @@ examples:
   robustact train --config configs/kwta02.yaml --finetune-from runs/kwta02 --sparsity-start 0.2 \\
       --sparsity-target 0.1 --lr 0.001 --out runs/kwta01
   # fine-tune torchvision ImageNet weights at 224x224 (the k-WTA reproduction's pretrained runs)
-  robustact train --model resnet18 --model-arg stem=imagenet --pretrained resnet18.pth \
+  robustact weights fetch resnet18-imagenet
+  robustact train --model resnet18 --model-arg stem=imagenet --pretrained resnet18-imagenet \\
       --dataset cifar10 --resize 224 --epochs 10 --lr 0.01 --schedule constant --grad-clip 0.5
   # fast adversarial training (FGSM with random start, step 1.25 eps), cyclic learning rate
-  robustact train --model small_cnn --dataset fashion_mnist --adv fgsm --adv-eps 0.1 \
+  robustact train --model small_cnn --dataset fashion_mnist --adv fgsm --adv-eps 0.1 \\
       --schedule cyclic --lr 0.1 --epochs 5 --out runs/fast_at
   # a killed run continues where it stopped
   robustact train --config configs/kwta02.yaml --out runs/kwta02 --resume
