@@ -4,16 +4,12 @@ download (against a local HTTP server), and the deterministic, vectorised BatchL
 from __future__ import annotations
 
 import dataclasses
-import functools
 import gzip
 import hashlib
 import io
 import pickle
 import struct
 import tarfile
-import threading
-from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -149,28 +145,6 @@ def make_svhn(folder: Path, split: str, n: int, seed: int) -> tuple[np.ndarray, 
     labels = y.reshape(-1).astype(np.int64)
     labels[labels == 10] = 0
     return x.transpose(3, 2, 0, 1), labels
-
-
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A folder served on 127.0.0.1 by a thread; yields (folder, base URL ending in '/')."""
-    root = tmp_path / "served"
-    root.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0),
-                                 functools.partial(_QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def sha256(path: Path) -> str:

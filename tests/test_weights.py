@@ -3,11 +3,7 @@ unreachable host; and ``pretrained:`` finding fetched weights by name."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import threading
-from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,27 +13,6 @@ from robustact.cli import main
 from robustact.errors import CheckpointError
 from robustact.models import create_model
 from robustact.models.weights import WEIGHTS, PublishedWeights, resolve_weights
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A folder served on 127.0.0.1; yields (folder, base URL)."""
-    root = tmp_path / "served"
-    root.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def _tiny_resnet_file(folder: Path) -> tuple[Path, str]:
@@ -60,9 +35,9 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_fetch_a_good_file_then_pretrained_finds_it_by_name(
-        served: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        http_root: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    root, url = served
+    root, url = http_root
     served_file, digest = _tiny_resnet_file(root)
     entry = PublishedWeights("resnet18-test.pth", url + served_file.name, digest,
                              served_file.stat().st_size, "resnet18", "test file")
@@ -85,8 +60,8 @@ def test_fetch_a_good_file_then_pretrained_finds_it_by_name(
 
 
 def test_fetch_with_a_bad_checksum_keeps_nothing(
-        served: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    root, url = served
+        http_root: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root, url = http_root
     (root / "resnet18-f37072fd.pth").write_bytes(b"not the published file")
     cache = tmp_path / "cache"
     code = main(["weights", "fetch", "resnet18-imagenet", "--dir", str(cache), "--no-progress",
