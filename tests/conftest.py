@@ -1,5 +1,5 @@
-"""Shared fixtures: small models trained once per test session on real Fashion-MNIST, and a
-throwaway PostgreSQL server for the results store."""
+"""Shared fixtures: small models trained once per test session on real Fashion-MNIST, a
+throwaway PostgreSQL server for the results store, and a local HTTP server for downloads."""
 
 from __future__ import annotations
 
