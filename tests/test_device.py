@@ -25,9 +25,10 @@ model = create_model("small_cnn")
 x = torch.rand(128, 1, 28, 28, requires_grad=True)
 def step():
     torch.autograd.grad(model(x).logsumexp(1).sum(), x)
-step(); step()
+for _ in range(4):  # warm-up: the heap grows to its peak
+    step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+for _ in range(8):
     step()
 print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -46,9 +47,13 @@ def test_tuned_allocator_reuses_freed_tensor_memory() -> None:
     tuned, faults_tuned = _faults("tune")
     _, faults_plain = _faults("plain")
     assert tuned == "True"
-    # activations of small_cnn at batch 128: ~25 MB per pass, ~6000 pages
-    assert faults_plain > 3 * 3000  # fresh pages for (most of) every pass
-    assert faults_tuned < faults_plain / 2  # most freed blocks are reused (measured: 3-8x fewer)
+    # activations of small_cnn at batch 128: ~25 MB per pass, ~6000 pages. Tuned, the warm heap
+    # is reused: measured 0-6300 faults over the 8 passes (a rare 3136-page block). Untuned,
+    # glibc's dynamic mmap threshold decides, and that varies by machine: 0 faults on CI's,
+    # 20000-160000 here, so it is compared only where it faulted.
+    assert faults_tuned < 8 * 6000 / 6
+    if faults_plain > 8 * 6000 / 2:
+        assert faults_tuned < faults_plain / 3
 
 
 def test_select_device() -> None:
