@@ -1,4 +1,4 @@
-"""``robustact attack``: robust accuracy of a checkpoint under a suite and listed attacks.
+"""``robustact attack``: robust accuracy of a checkpoint or any model under a suite and attacks.
 
 The flags build one checked :class:`robustact.eval.config.EvalConfig`, as a study file's
 ``evaluate:`` block does; a bad value is one line naming its flag.
@@ -12,8 +12,10 @@ from typing import Any
 from robustact.cli.common import (
     add_command,
     add_defense_arguments,
+    add_model_arguments,
     defense_flags,
     eps_list,
+    model_source,
     naming_flags,
 )
 from robustact.errors import ConfigError
@@ -38,6 +40,13 @@ examples:
   # the points split over 4 GPUs (or CPU processes); the result does not depend on the count,
   # and a rerun after a failure resumes from the blocks already finished
   torchrun --nproc-per-node 4 -m robustact attack --checkpoint runs/kwta01 --eps 8/255
+  # your own network: a function building it, its weights (state dict or .safetensors) and
+  # the normalization it expects ([0, 1] images come in)
+  robustact attack --model-factory mynets.cifar:resnet20 --model-arg width=16 \\
+      --weights resnet20.safetensors --normalize cifar10 --dataset cifar10 --eps 8/255
+  # a RobustBench-format checkpoint of a WideResNet-28-10
+  robustact attack --model-factory wrn28_10 --weights Carmon2019Unlabeled.pt \\
+      --dataset cifar10 --suite autoattack --eps 8/255
 """
 
 
@@ -45,7 +54,7 @@ def add_attack_parser(sub: Any) -> None:
     """Add ``attack`` to the subparsers ``sub``."""
     p = add_command(sub, "attack", "robust accuracy under attacks, with masking diagnostics",
                     ATTACK_EXAMPLE)
-    p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    add_model_arguments(p)
     p.add_argument("--suite", default="adaptive",
                    help="preset suite run first, in sequence: adaptive (default: EOT, BPDA and "
                         "losses chosen for the model), autoattack, autoattack-rand, or none")
@@ -98,10 +107,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
     files, print the tables."""
     from robustact.distributed import init_distributed
 
-    config, defense = _config(args), defense_flags(args)
+    source, config, defense = model_source(args), _config(args), defense_flags(args)
     ctx, device = init_distributed(args.device)
     try:
-        return _attack(args, config, defense, str(device), ctx.is_main)
+        return _attack(args, source, config, defense, str(device), ctx.is_main)
     finally:
         ctx.close()
 
@@ -125,8 +134,8 @@ ATTACK_FLAGS = {"robustact attack, " + key: flag for key, flag in {
     "seed": "--seed", "block": "--block", "norm": "--norm", "split": "--split"}.items()}
 
 
-def _attack(args: argparse.Namespace, config: Any, defense: dict[str, Any] | None,
-            device: str, main: bool) -> int:
+def _attack(args: argparse.Namespace, source: Any, config: Any,
+            defense: dict[str, Any] | None, device: str, main: bool) -> int:
     """Evaluate (with ``defense`` applied post hoc); rank 0 alone writes and prints. Finished
     blocks are kept under the run's ``shards/`` until the result files are written."""
     import sys
@@ -143,12 +152,11 @@ def _attack(args: argparse.Namespace, config: Any, defense: dict[str, Any] | Non
         write_robustness,
     )
 
-    ckpt = Path(args.checkpoint)
-    run_dir = ckpt if ckpt.is_dir() else ckpt.parent
+    run_dir = _result_dir(source)
     stem = Path(args.out) if args.out else run_dir / f"robustness-{time.strftime('%Y%m%d-%H%M%S')}"
     if main:
         check_output(stem)  # a folder that cannot take the results: say so before attacking
-    shards = shard_dir(run_dir / "shards", ckpt, config, defense)
+    shards = shard_dir(run_dir / "shards", source, config, defense)
     if main and shards.saved():
         print(f"resuming: {len(shards.saved())} finished block(s) read back from {shards.path}",
               file=sys.stderr)
@@ -160,7 +168,7 @@ def _attack(args: argparse.Namespace, config: Any, defense: dict[str, Any] | Non
         bar.update(1)
         bar.set_description(message)
 
-    record, report = attack_checkpoint(ckpt, config, device=device, data_dir=args.data_dir,
+    record, report = attack_checkpoint(source, config, device=device, data_dir=args.data_dir,
                                        defense=defense, progress=progress, shards=shards)
     bar.close()
     if not main:
@@ -170,6 +178,17 @@ def _attack(args: argparse.Namespace, config: Any, defense: dict[str, Any] | Non
     _print_report(record, report, config.suite, args.independent)
     print(f"results: {stem.with_suffix('.json')} and {stem.with_suffix('.csv')}")
     return 0
+
+
+def _result_dir(source: Any) -> Any:
+    """Where the results go by default: the run directory, or beside the user's weights (the
+    working directory for a model without a weights file)."""
+    from pathlib import Path
+
+    if isinstance(source, str):
+        path = Path(source)
+        return path if path.is_dir() else path.parent
+    return Path(source.weights).parent if source.weights else Path(".")
 
 
 def _print_report(record: EvalRecord, report: Any, suite: str | None,

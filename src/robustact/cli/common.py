@@ -107,6 +107,55 @@ def key_values(items: list[str], flag: str) -> dict[str, Any]:
     return parsed
 
 
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--checkpoint, or a user's model: --model-factory, --model-arg, --weights, --normalize,
+    --dataset and --resize (robustact.models.external)."""
+    p.add_argument("--checkpoint", help="robustact checkpoint file or run directory")
+    g = p.add_argument_group("any model (instead of --checkpoint)")
+    g.add_argument("--model-factory", metavar="PKG.MOD:FN",
+                   help="a function returning the model (it takes [0, 1] images), or a "
+                        "registered model (robustact list models; wrn28_10, wrn34_10 and "
+                        "preact_resnet18 read RobustBench files)")
+    g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="an argument of the factory (repeatable; values read as YAML)")
+    g.add_argument("--weights", metavar="FILE",
+                   help="the model's weights: a state dict (.pt/.pth, read without running "
+                        "code) or .safetensors")
+    g.add_argument("--normalize", metavar="MEAN,STD",
+                   help="the model expects normalized inputs: MEAN,STD (one each, or C means "
+                        "then C stds), a dataset's name (cifar10) or imagenet")
+    g.add_argument("--dataset", help="the dataset the model was trained on (its test images "
+                                     "are evaluated)")
+    g.add_argument("--resize", type=int, metavar="PX", help="resize images to PX x PX first")
+
+
+#: the flags of a user's model, without which --model-factory is not needed
+MODEL_FLAGS = ("model_arg", "weights", "normalize", "dataset", "resize")
+
+
+def model_source(args: argparse.Namespace) -> Any:
+    """The model the command evaluates: the --checkpoint path, or a checked
+    :class:`robustact.models.external.ModelSpec` of --model-factory and its flags."""
+    given = [flag_name(f) for f in MODEL_FLAGS if getattr(args, f) not in (None, [])]
+    if args.checkpoint and (args.model_factory or given):
+        raise ConfigError(f"give --checkpoint or --model-factory, not both (also given: "
+                          f"{', '.join(given or ['--model-factory'])})")
+    if args.checkpoint:
+        return args.checkpoint
+    if not args.model_factory:
+        raise ConfigError("give the model: --checkpoint RUN_DIR, or --model-factory "
+                          "pkg.mod:fn --weights FILE --dataset NAME")
+    if not args.dataset:
+        raise ConfigError("--model-factory needs --dataset, the data the model was trained "
+                          "on, e.g. --dataset cifar10")
+    from robustact.models.external import ModelSpec, parse_normalize
+
+    return ModelSpec.from_dict({
+        "factory": args.model_factory, "dataset": args.dataset,
+        "args": key_values(args.model_arg, "--model-arg"), "weights": args.weights,
+        "normalize": parse_normalize(args.normalize), "resize": args.resize}, "--model-factory")
+
+
 def add_defense_arguments(p: argparse.ArgumentParser) -> None:
     """--sap FRAC and --defense SPEC: a post-hoc defense applied to the loaded network."""
     p.add_argument("--sap", type=float, metavar="FRAC",

@@ -34,11 +34,14 @@ from robustact.files import (
     save_elsewhere,
     write_json,
 )
+from robustact.models.external import ModelSpec
 from robustact.options import short_hash
+
+Source = str | Path | ModelSpec  # a robustact checkpoint (file or run directory), or a user's model
 
 
 def attack_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: Source,
     config: EvalConfig,
     *,
     device: str = "auto",
@@ -47,15 +50,17 @@ def attack_checkpoint(
     progress: Callable[[str], None] | None = None,
     shards: ShardDir | None = None,
 ) -> tuple[EvalRecord, RobustnessReport]:
-    """Load ``checkpoint`` (file or run directory), evaluate the first ``config.n`` images of
-    its dataset's ``config.split`` under ``config``; returns (record, report). ``defense``
-    (``{"defense": "sap", "frac": 1.0}``) is applied post hoc before evaluating; finished
-    blocks of points are saved in (and read back from) ``shards``."""
+    """Load ``checkpoint`` (file or run directory, or a :class:`ModelSpec`), evaluate the
+    first ``config.n`` images of its dataset's ``config.split`` under ``config``; returns
+    (record, report). ``defense`` (``{"defense": "sap", "frac": 1.0}``) is applied post hoc
+    before evaluating; finished blocks of points are saved in (and read back from)
+    ``shards``."""
     specs = [AttackSpec.parse(a) for a in config.attacks]
     if config.norm:
         for spec in specs:
             spec.kwargs.setdefault("norm", config.norm)
-    model, meta, loader = _load(checkpoint, config.n, config.split, device, data_dir, defense)
+    model, meta, loader = load_source(checkpoint, config.n, config.split, device, data_dir,
+                                      defense)
     report = evaluate(model, loader, specs, config.eps, n_examples=config.n,
                       suite=config.suite, norm=config.norm or "linf",
                       n_samples=config.samples, sequential=config.sequential,
@@ -63,38 +68,75 @@ def attack_checkpoint(
                       progress=progress, seed=config.seed, block=config.block,
                       shards=shards)
     record = EvalRecord.from_dict({
-        "checkpoint": str(checkpoint), "model": meta["model"], "defense": defense,
+        "checkpoint": source_label(checkpoint), "model": meta["model"], "defense": defense,
         "activation": meta["activation"], "act_kwargs": meta.get("act_kwargs"),
         "dataset": meta["dataset"], "split": config.split, **report.to_dict()})
     return record, report
 
 
-def shard_dir(root: str | Path, checkpoint: str | Path, config: EvalConfig,
+def shard_dir(root: str | Path, checkpoint: Source, config: EvalConfig,
               defense: dict[str, Any] | None = None) -> ShardDir:
     """The folder under ``root`` for the saved blocks of evaluating ``checkpoint`` under
     ``config``: named by what the blocks depend on (the weights file's size and time, the
     settings, seed and block size, the defense), so a changed evaluation never reads back
     another's blocks."""
-    from robustact.errors import CheckpointError
-    from robustact.models.checkpoint import checkpoint_file
-
-    weights = checkpoint_file(checkpoint).resolve()
-    if not weights.is_file():
-        raise CheckpointError(f"checkpoint {weights} not found; train one with `robustact train`")
-    stat = weights.stat()
-    key = short_hash({"weights": [str(weights), stat.st_size, stat.st_mtime_ns],
+    key = short_hash({"weights": _weights_identity(checkpoint),
                       "config": {**config.to_dict(), "calibration": None, "landscape": None},
                       "defense": defense})
     return ShardDir(Path(root) / key)
 
 
-def _load(checkpoint: str | Path, n: int | None, split: str, device: str,
-          data_dir: str | None, defense: dict[str, Any] | None) -> tuple[Any, dict, Any]:
-    from robustact.data import BatchLoader, load_dataset
+def _weights_identity(source: Source) -> list[Any]:
+    """What the weights of ``source`` are: their file's path, size and time (and the spec of a
+    user's model); a missing file is a one-line error."""
+    from robustact.errors import CheckpointError
+    from robustact.models.checkpoint import checkpoint_file
+
+    if isinstance(source, ModelSpec):
+        if source.weights is None:
+            return [source.to_dict()]
+        weights = Path(source.weights).resolve()
+        hint = "give the path of the model's weights file"
+    else:
+        weights = checkpoint_file(source).resolve()
+        hint = "train one with `robustact train`"
+    if not weights.is_file():
+        raise CheckpointError(f"checkpoint {weights} not found; {hint}")
+    stat = weights.stat()
+    spec = [source.to_dict()] if isinstance(source, ModelSpec) else []
+    return [str(weights), stat.st_size, stat.st_mtime_ns, *spec]
+
+
+def source_label(source: Source) -> str:
+    """How records name a model source: the checkpoint path, or the user model's factory."""
+    return source.label() if isinstance(source, ModelSpec) else str(source)
+
+
+def _open_source(source: Source, device: str) -> tuple[Any, dict[str, Any]]:
+    """(model, its config: model, activation, dataset, resize) of a checkpoint or a spec."""
     from robustact.device import select_device
     from robustact.models.checkpoint import load_model
 
-    model, config = load_model(checkpoint, select_device(device))
+    if not isinstance(source, ModelSpec):
+        return load_model(source, select_device(device))
+    from robustact.errors import ConfigError
+    from robustact.models.external import build_external
+
+    if source.dataset is None:
+        raise ConfigError(f"model {source.label()}: give the dataset it was trained on (its "
+                          "test images are attacked), e.g. --dataset cifar10")
+    model = build_external(source, select_device(device))
+    return model, {"model": source.factory, "activation": "external", "dataset": source.dataset,
+                   "resize": source.resize}
+
+
+def load_source(checkpoint: Source, n: int | None, split: str, device: str,
+                data_dir: str | None, defense: dict[str, Any] | None) -> tuple[Any, dict, Any]:
+    """(model with ``defense`` applied, its config, a loader of the first ``n`` images of its
+    dataset's ``split``)."""
+    from robustact.data import BatchLoader, load_dataset
+
+    model, config = _open_source(checkpoint, device)
     if defense:
         from robustact.defenses import apply_defense
 
@@ -106,13 +148,13 @@ def _load(checkpoint: str | Path, n: int | None, split: str, device: str,
     return model, config, loader
 
 
-def load_evaluation_data(checkpoint: str | Path, n: int | None, *, split: str = "test",
+def load_evaluation_data(checkpoint: Source, n: int | None, *, split: str = "test",
                          device: str = "auto", data_dir: str | None = None,
                          defense: dict[str, Any] | None = None,
                          ) -> tuple[Any, Any, Any]:
     """(model with ``defense`` applied, x, y): the first ``n`` images of the checkpoint's
     dataset, as the evaluation sees them (x on the CPU, in [0, 1])."""
-    model, _, loader = _load(checkpoint, n, split, device, data_dir, defense)
+    model, _, loader = load_source(checkpoint, n, split, device, data_dir, defense)
     x, y = collect(loader, n)
     return model, x, y
 

@@ -23,6 +23,8 @@ from robustact.options import check_schema
 GROUPS = ("suite", "paper")
 #: options of every spec, besides the attack's own hyperparameters
 SPEC_OPTIONS = ("eot", "bpda", "label", "group")
+#: options of ``transfer`` that describe a surrogate built by a factory
+SURROGATE_OPTIONS = ("surrogate_weights", "surrogate_normalize", "surrogate_args")
 #: an eps for the trial build that checks an attack's options (the real eps comes later)
 TRIAL_EPS = 8 / 255
 
@@ -91,18 +93,20 @@ class AttackSpec:
 
     def _build_transfer(self, eps: float) -> Attack:
         """``transfer:surrogate=PATH,inner=pgd,steps=40``: the inner attack (default PGD, with
-        the remaining options) runs on the surrogate; PATH is a robustact checkpoint."""
+        the remaining options) runs on the surrogate; PATH is a robustact checkpoint, or a
+        user's model: ``surrogate=pkg.mod:fn,surrogate_weights=FILE,surrogate_normalize=
+        cifar10`` (or, in a study file, a mapping like a cell's ``external:`` block)."""
         kwargs = dict(self.kwargs)
         surrogate = kwargs.pop("surrogate", None)
         if surrogate is None:
             raise ConfigError("transfer needs a surrogate model: transfer:surrogate=CHECKPOINT")
         name = kwargs.pop("surrogate_name", None)
         inner = kwargs.pop("inner", "pgd")
-        if isinstance(surrogate, str):
-            from robustact.models.checkpoint import load_model
-
-            name = name or surrogate
-            surrogate, _ = load_model(surrogate)
+        outside = {k: kwargs.pop(k) for k in SURROGATE_OPTIONS if k in kwargs}
+        if isinstance(surrogate, str | dict):
+            name = name or (surrogate if isinstance(surrogate, str)
+                            else surrogate.get("factory"))
+            surrogate = load_surrogate(surrogate, outside)
         return create_attack("transfer", eps=eps, surrogate=surrogate, surrogate_name=name,
                              attack=create_attack(inner, eps=eps, **kwargs),
                              norm=kwargs.get("norm", "linf"))
@@ -115,6 +119,26 @@ class AttackSpec:
         if self.eot:
             model = EOT(model, int(self.eot))
         return model
+
+
+def load_surrogate(surrogate: str | dict[str, Any], options: dict[str, Any]) -> nn.Module:
+    """The surrogate model of a transfer attack: a robustact checkpoint (a path), or a user's
+    model (``pkg.mod:fn`` with ``surrogate_weights``/``surrogate_normalize``, or a mapping of
+    :class:`robustact.models.external.ModelSpec` keys)."""
+    from pathlib import Path
+
+    from robustact.models.checkpoint import load_model
+    from robustact.models.external import ModelSpec, build_external
+
+    if isinstance(surrogate, str) and (":" not in surrogate or Path(surrogate).exists()):
+        if options:
+            raise ConfigError(f"transfer: {', '.join(options)} describe a surrogate built by "
+                              "a factory; give surrogate=package.module:function with them")
+        return load_model(surrogate)[0]
+    spec = dict(surrogate) if isinstance(surrogate, dict) else {"factory": surrogate}
+    for key, value in options.items():
+        spec[key.removeprefix("surrogate_")] = value
+    return build_external(ModelSpec.from_dict(spec, "transfer surrogate"))
 
 
 def check_options(name: str, kwargs: dict[str, Any]) -> None:

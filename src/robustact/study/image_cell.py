@@ -30,10 +30,16 @@ class ImageWork(CellWrapper):
 
     def run_config(self) -> dict[str, Any]:
         cell = self.cell
+        if cell.external is not None:
+            return {"external": cell.external.to_dict(), "posthoc": cell.posthoc}
         return {**cell.train.to_dict(), "out": str(cell.train_dir), "posthoc": cell.posthoc}
 
     def train_hash(self) -> str:
-        return self.cell.train.hash()
+        return self.cell.train_hash()
+
+    def source(self) -> Any:
+        """What the cell evaluates: its trained run directory, or the user's model."""
+        return self.cell.external if self.cell.external is not None else self.cell.train_dir
 
     def evaluate_hashes(self) -> tuple[str, ...]:
         cell = self.cell
@@ -44,6 +50,9 @@ class ImageWork(CellWrapper):
         from robustact.train import train
 
         cell, tdir = self.cell, self.cell.train_dir
+        if cell.external is not None:
+            log(f"external model {cell.external.label()}: evaluated as given, not trained")
+            return Trained(None, [], reused=True)
         source = cell.train.finetune_from
         if source and not Path(source).exists() and cell.needs:
             raise ConfigError(f"cell {cell.id} fine-tunes from cell {cell.needs[0]}, which has "
@@ -81,8 +90,8 @@ class ImageWork(CellWrapper):
         log(f"evaluating{defense}: {', '.join(what)} at eps {list(config.eps)} on "
             f"{config.n} images")
         start = time.perf_counter()
-        shards = shard_dir(cell.out / "shards", cell.train_dir, config, cell.posthoc)
-        record, report = attack_checkpoint(cell.train_dir, config, defense=cell.posthoc,
+        shards = shard_dir(cell.out / "shards", self.source(), config, cell.posthoc)
+        record, report = attack_checkpoint(self.source(), config, defense=cell.posthoc,
                                            device=cell.train.device, progress=log,
                                            shards=shards)
         seconds = round(time.perf_counter() - start, 1)
@@ -93,7 +102,7 @@ class ImageWork(CellWrapper):
         write_robustness(record, report, cell.out / ROBUSTNESS)
         store.record_robustness(run_id, record)
         shards.remove()
-        record_artifacts(cell, store, run_id, log)
+        record_artifacts(cell, self.source(), store, run_id, log)
         log(f"\n{robustness_table(report)}")
         if report.diagnostics is not None:
             log(report.diagnostics.verdict)
@@ -105,7 +114,8 @@ def posthoc_label(posthoc: dict[str, Any]) -> str:
     return f"{posthoc['defense']}({params})" if params else str(posthoc["defense"])
 
 
-def record_artifacts(cell: Cell, store: ResultsStore, run_id: int, log: Log) -> None:
+def record_artifacts(cell: Cell, source: Any, store: ResultsStore, run_id: int,
+                     log: Log) -> None:
     """Reliability diagrams (clean and FGSM at each eps) and a loss landscape, when the
     evaluation asks for them (``calibration: true`` / ``landscape: true``, or a mapping of
     options: ``calibration: {n: 1000, bins: 15}``, ``landscape: {n: 32, steps: 21}``)."""
@@ -117,7 +127,7 @@ def record_artifacts(cell: Cell, store: ResultsStore, run_id: int, log: Log) -> 
     n_cal = int(config.calibration.get("n", config.n)) if config.calibration is not None else 0
     n_land = int(config.landscape.get("n", 32)) if config.landscape is not None else 0
     # one load for both: the first max(n) images of the evaluation split
-    model, x, y = load_evaluation_data(cell.train_dir, max(n_cal, n_land), split=config.split,
+    model, x, y = load_evaluation_data(source, max(n_cal, n_land), split=config.split,
                                        device=cell.train.device, defense=cell.posthoc)
     samples = config.samples or 1
     if config.calibration is not None:
