@@ -27,7 +27,9 @@ def add_results_parsers(sub: Any) -> None:
     add_store_argument(res)
     rep = add_command(sub, "report", "write report.md and report.html from stored results",
                       "examples:\n  robustact report configs/demo.yaml\n"
-                      "  robustact report runs/demo --out /tmp/report\n")
+                      "  robustact report runs/demo --out /tmp/report\n"
+                      "the paper's numbers (the study file's paper: blocks) are printed beside "
+                      "ours\nwhen the study is given as its YAML file or shipped name\n")
     rep.add_argument("study", help=STUDY_HELP)
     rep.add_argument("--out", help="report directory (default: <study dir>/report)")
     add_store_argument(rep)
@@ -58,14 +60,17 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write report.md and report.html; print where they are."""
+    """Write report.md and report.html (with the paper's numbers beside ours when given the
+    study file); print where they are."""
     from pathlib import Path
 
     from robustact.report import write_report
     from robustact.study.stores import open_study_store
+    from robustact.study.summary import study_paper_rows
 
     store, name, root = open_study_store(args.study, store=args.store)
-    md, html = write_report(store, name, Path(args.out) if args.out else root / "report")
+    md, html = write_report(store, name, Path(args.out) if args.out else root / "report",
+                            paper=study_paper_rows(args.study, store))
     print(f"report: {html}\n        {md}")
     return 0
 

@@ -7,6 +7,7 @@
 
 Contents: provenance (date, code and package versions), one table per dataset and model in the
 seed papers' layout with the paired differences to the ReLU cell on the same images, the
+papers' numbers beside ours (given the rows of the study file's ``paper:`` blocks), the
 reinforcement-learning tables, robust accuracy against eps, training curves, the runs'
 provenance, per-cell diagnostics, reliability diagrams (``calibration`` artifacts), loss
 landscapes (``landscape`` artifacts) and the failed cells with their errors.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from robustact.report.blocks import (
     Block,
@@ -30,6 +32,7 @@ from robustact.report.blocks import (
     Strong,
 )
 from robustact.report.figures import Figure, build_figures
+from robustact.report.paper import paper_table
 from robustact.report.records import RunRecords, load_records
 from robustact.report.rl import is_rl, rl_tables
 from robustact.report.table import Table
@@ -49,19 +52,23 @@ class Report:
     tables: list[Table]
 
 
-def build_report(store: ResultsStore, study: str) -> Report:
-    """Everything a report shows, from the store's records of ``study``."""
+def build_report(store: ResultsStore, study: str,
+                 paper: list[dict[str, Any]] | None = None) -> Report:
+    """Everything a report shows, from the store's records of ``study``; ``paper``: the rows
+    of the paper's numbers beside ours (:func:`robustact.report.paper.paper_table`)."""
     from robustact import __version__
 
     records = load_records(store, study)
     figures, notes = build_figures(records)
     tables = accuracy_tables([r for r in records if not is_rl(r)]) + rl_tables(records)
+    compared = paper_table(paper or [])
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC") + f" by robustact {__version__}"
     title = f"Study report: {study}"
     blocks: list[Block] = [
         Heading(title, 1), Paragraph([f"Generated {generated}."], "meta"),
         MetaLines(_provenance(records)), Heading("Robust accuracy", 2, "robust-accuracy"),
         *(tables or [Paragraph(["No finished cell has results."])]),
+        *([Heading("Paper vs ours", 2, "paper"), compared] if compared else []),
         Heading("Figures", 2, "figures"), *(f for f in figures if f.cell is None),
         runs_table(records), Heading("Cells", 2, "cells")]
     for r in records:
@@ -69,7 +76,7 @@ def build_report(store: ResultsStore, study: str) -> Report:
     blocks += failed_blocks(records)
     if notes:
         blocks += [Heading("Notes", 2, "notes"), BulletList([[n] for n in notes])]
-    return Report(study, title, blocks, figures, tables)
+    return Report(study, title, blocks, figures, tables + ([compared] if compared else []))
 
 
 def cell_blocks(r: RunRecords, figures: list[Figure]) -> list[Block]:

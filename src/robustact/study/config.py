@@ -29,7 +29,10 @@ ones key by key. A grid cell's id joins its values (``relu``, ``kaf_relu-0.1``).
 training options are the same (same configuration hash) share one training run, in the
 directory of the first of them. ``finetune_from: cell:ID`` starts from cell ID's checkpoint
 (that cell runs first). ``posthoc`` applies a defense of :mod:`robustact.defenses` (``sap``,
-``dro``, ``rnw``, ...) to the trained network before evaluation.
+``dro``, ``rnw``, ...) to the trained network before evaluation. ``external: {factory:
+pkg.mod:fn, args: {...}, weights: FILE, normalize: cifar10}`` evaluates a user's network (or a
+RobustBench file: ``factory: wrn28_10``) instead of training one. ``paper:`` holds the
+published numbers the report prints beside the cell's.
 
 :func:`load_study` checks every cell (training and evaluation options, attack specs) when the
 file is read, before any training starts; an error names the file, the cell and the key:
@@ -56,7 +59,7 @@ class _HasId(Protocol):
 
 _C = TypeVar("_C", bound=_HasId)
 
-CELL_KEYS = {"posthoc", "evaluate"}  # cell options that are not training options
+CELL_KEYS = {"posthoc", "evaluate", "paper", "external"}  # cell options that are not training ones
 
 
 @dataclass
@@ -71,6 +74,8 @@ class Cell:
     needs: list[str] = field(default_factory=list)
     posthoc: dict[str, Any] | None = None
     evaluate: EvalConfig | None = None
+    paper: dict[str, Any] | None = None  # the paper's numbers for this cell (report only)
+    external: Any = None  # a robustact.models.external.ModelSpec: evaluated, never trained
 
     def __post_init__(self) -> None:
         if self.train_dir is None:
@@ -86,8 +91,18 @@ class Cell:
         post-hoc defense; None when the cell is not evaluated."""
         if self.evaluate is None:
             return None
-        return short_hash({"train": self.train.hash(), "evaluate": self.evaluate.to_dict(),
+        return short_hash({"train": self.train_hash(), "evaluate": self.evaluate.to_dict(),
                            "posthoc": self.posthoc})
+
+    def train_hash(self) -> str:
+        """The identity of the cell's network: its training options, or the user's model
+        (factory, arguments, normalization, the weights file's path, size and time)."""
+        if self.external is None:
+            return self.train.hash()
+        weights = Path(self.external.weights) if self.external.weights else None
+        stat = weights.stat() if weights is not None and weights.is_file() else None
+        return short_hash({"external": self.external.to_dict(),
+                           "weights": [stat.st_size, stat.st_mtime_ns] if stat else None})
 
     def legacy_evaluate_hash(self) -> str | None:
         """The identity the study runner gave the same evaluation before robustact 0.2, so
@@ -247,9 +262,15 @@ def load_study(path: str | Path, out: str | Path | None = None) -> StudyConfig:
                               f"options, got {cell_evaluate!r}; give e.g. {{samples: 10}}")
         cell_eval = _check_evaluate(f"{path}, cell {cell_id}",
                                     merge(layout.evaluate, cell_evaluate))
-        owner = owners.get(config.hash())
-        cell = Cell(cell_id, config, needs=needs, posthoc=posthoc, evaluate=cell_eval)
-        if owner is not None:
+        paper = _check_paper(f"{path}, cell {cell_id}, paper", extra.get("paper"), cell_eval)
+        external = _check_external(f"{path}, cell {cell_id}, external", extra.get("external"),
+                                   options)
+        owner = owners.get(config.hash()) if external is None else None
+        cell = Cell(cell_id, config, needs=needs, posthoc=posthoc, evaluate=cell_eval,
+                    paper=paper, external=external)
+        if external is not None:
+            pass  # evaluated as given: it trains nothing and shares no training run
+        elif owner is not None:
             cell.train_dir = owner.train_dir
             cell.needs.append(owner.id)
         else:
@@ -273,3 +294,67 @@ def _check_posthoc(where: str, posthoc: dict[str, Any]) -> None:
     except (ConfigError, TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {str(exc).splitlines()[0]}; robustact list defenses "
                           "shows each defense's parameters") from None
+
+
+def _check_external(where: str, block: Any, options: dict[str, Any]) -> Any:
+    """A cell's ``external:`` block: a user's model evaluated as given, never trained
+    (:class:`robustact.models.external.ModelSpec`; its dataset and resize default to the
+    cell's ``dataset`` and ``resize``)."""
+    if block is None:
+        return None
+    from robustact.models.external import ModelSpec
+
+    if not isinstance(block, dict):
+        raise ConfigError(f"{where}: must be a mapping, got {block!r}; give e.g. external: "
+                          "{factory: mynets.cifar:resnet20, weights: resnet20.pt}")
+    block = {"dataset": options.get("dataset"), "resize": options.get("resize"), **block}
+    return ModelSpec.from_dict(block, where)
+
+
+def _check_paper(where: str, paper: Any, evaluate: EvalConfig | None = None
+                 ) -> dict[str, Any] | None:
+    """A cell's ``paper:`` block (the published numbers the report prints beside ours):
+    ``{source: "Table 6", clean: 93.66, pgd_paper: 25.23}``; an attack's value may map eps to
+    numbers (``fgsm: {1/255: 66.3, 2/255: 56.4}``; a single number stands for the evaluation's
+    only eps). Numbers are percentages; eps keys come back as floats. With the cell's
+    ``evaluate``, each key must be ``clean``, ``worst_case`` or one of its attack labels, and
+    each eps one of its eps."""
+    from robustact.eval.spec import AttackSpec
+    from robustact.options import parse_eps
+
+    if paper is None:
+        return None
+    example = "give e.g. paper: {source: Table 6, clean: 93.66, pgd: {8/255: 25.23}}"
+    if not isinstance(paper, dict):
+        raise ConfigError(f"{where}: must be a mapping, got {paper!r}; {example}")
+
+    def percent(key: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+            raise ConfigError(f"{where}.{key}: must be a percentage in [0, 100] (or a mapping "
+                              f"of eps to percentages), got {value!r}; {example}")
+        return float(value)
+
+    labels = None
+    if evaluate is not None:
+        labels = {"clean", "worst_case", *(AttackSpec.parse(a).label for a in evaluate.attacks)}
+    out: dict[str, Any] = {}
+    for key, value in paper.items():
+        if key == "source":
+            if not isinstance(value, str):
+                raise ConfigError(f"{where}.source: must be a text, got {value!r}; {example}")
+            out[key] = value
+            continue
+        if labels is not None and key not in labels:
+            raise ConfigError(f"{where}.{key}: not an attack label of the cell's evaluation; "
+                              f"valid: {', '.join(sorted(labels))}")
+        if not isinstance(value, dict) or key == "clean":
+            out[key] = percent(str(key), value)
+            continue
+        out[key] = {}
+        for eps, number in value.items():
+            at = parse_eps(eps, what=f"{where}.{key} eps")
+            if evaluate is not None and not any(abs(at - e) < 1e-9 for e in evaluate.eps):
+                raise ConfigError(f"{where}.{key}: eps {eps} is not evaluated; the cell's eps: "
+                                  f"{', '.join(f'{e:g}' for e in evaluate.eps)}")
+            out[key][at] = percent(f"{key}.{eps}", number)
+    return out

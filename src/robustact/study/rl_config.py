@@ -17,6 +17,9 @@
       samples: 100                    # passes averaged for the SAP agent's Q-values
       mc_samples: 100                 # passes averaged for the attack's gradient (EOT)
 
+A cell may carry the paper's numbers, ``paper: {source: Table 1, clean: 80.0}`` (checked as an
+image cell's, :func:`robustact.study.config._check_paper`).
+
 The layout is the image studies' (:mod:`robustact.study.config`); the cells run through the
 same lifecycle (:mod:`robustact.study.rl_cell`). Every cell is checked when the file is read
 (values against :class:`robustact.study.schema.RLEvalSchema` and the DQN options), before any
@@ -104,6 +107,7 @@ class RLCell:
     train: DQNConfig
     evaluate: RLEvalConfig
     needs: list[str] = field(default_factory=list)
+    paper: dict[str, Any] | None = None  # the paper's numbers for this cell (report only)
 
     @property
     def out(self) -> Path:
@@ -144,7 +148,7 @@ def is_rl_study_file(path: str | Path) -> bool:
 
 def load_rl_study(path: str | Path, out: str | Path | None = None) -> RLStudy:
     """Read and check an RL study file (see the module docstring)."""
-    from robustact.study.config import merge, read_study_layout
+    from robustact.study.config import _check_paper, merge, read_study_layout
 
     layout = read_study_layout(path, out, default_root="runs/rl",
                                example=", e.g. grid: {game: [breakout]}")
@@ -156,6 +160,7 @@ def load_rl_study(path: str | Path, out: str | Path | None = None) -> RLStudy:
             raise ConfigError(f"{where}, evaluate: must be a mapping of options, got "
                               f"{cell_evaluate!r}; give e.g. {{episodes: 20}}")
         cell_eval = RLEvalConfig.from_dict(merge(layout.evaluate, cell_evaluate), where)
+        paper = _check_paper(f"{where}, paper", override.pop("paper", None))
         try:
             config = DQNConfig.from_dict({**merge(layout.base, override),
                                           "out": str(layout.root / cell_id)})
@@ -163,7 +168,7 @@ def load_rl_study(path: str | Path, out: str | Path | None = None) -> RLStudy:
             raise within(where, exc) from None
         except TypeError as exc:  # a value of the wrong type that DQNConfig compared
             raise ConfigError(f"{where}: {exc}; check the types of the cell's options") from None
-        cells.append(RLCell(cell_id, config, cell_eval))
+        cells.append(RLCell(cell_id, config, cell_eval, paper=paper))
     return RLStudy(layout.name, layout.root, cells)
 
 
