@@ -7,7 +7,7 @@ The flags build one checked :class:`robustact.eval.config.EvalConfig`, as a stud
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from robustact.cli.common import (
     add_command,
@@ -19,8 +19,9 @@ from robustact.cli.common import (
     naming_flags,
 )
 from robustact.errors import ConfigError
-from robustact.eval.record import EvalRecord
-from robustact.report.robustness import robustness_table
+
+if TYPE_CHECKING:
+    from robustact.eval.record import EvalRecord
 
 ATTACK_EXAMPLE = """\
 examples:
@@ -193,6 +194,8 @@ def _result_dir(source: Any) -> Any:
 
 def _print_report(record: EvalRecord, report: Any, suite: str | None,
                   independent: bool) -> None:
+    from robustact.report.robustness import robustness_table
+
     mode = (f"suite {suite}, then each listed attack on every point" if suite else
             "independent attacks" if independent else "sequential attacks")
     print(f"{record.model} / {record.activation} on {record.dataset} "

@@ -227,10 +227,23 @@ RL_TRAIN_FLAGS = ("game", "network", "frames", "batch_size", "optimizer", "lr", 
                   "log_every", "checkpoint_every", "seed", "device", "out", "progress")
 
 
+def shipped_config(value: str | None) -> str | None:
+    """A ``--config`` value: a path as given, or a config shipped with the package by name
+    (``kwta02``, ``configs/kwta02.yaml`` from any directory)."""
+    from pathlib import Path
+
+    if not value or Path(value).is_file():
+        return value
+    from robustact.study.shipped import is_shipped, study_file
+
+    return str(study_file(value)) if is_shipped(value) else value
+
+
 def config_options(args: argparse.Namespace, flags: Iterable[str]) -> dict[str, Any]:
     """The ``--config`` file's options (if any) updated by the flags given."""
     from robustact.options import load_config_file
 
+    args.config = shipped_config(args.config)
     options: dict[str, Any] = load_config_file(args.config) if args.config else {}
     return copy_given(args, flags, options)
 

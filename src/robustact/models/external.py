@@ -21,6 +21,8 @@ normalized inputs: a dataset's name (its mean/std, ``imagenet`` for ImageNet's) 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -153,10 +155,14 @@ def build_external(spec: ModelSpec, device: str | torch.device = "cpu") -> nn.Mo
 
 
 def import_factory(path: str) -> Callable[..., Any]:
-    """The function ``package.module:function`` names (its module is imported)."""
+    """The function ``package.module:function`` names (its module is imported; the working
+    directory is searched first, so ``robustact`` finds a module beside the user as ``python``
+    does)."""
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"model factory {path!r} is not package.module:function; {EXAMPLE}")
+    if os.getcwd() not in sys.path:  # as `python -m` would, and uvicorn's --app-dir .
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
