@@ -209,3 +209,24 @@ def test_registered_robustbench_model_reads_a_robustbench_file(tmp_path: Path) -
     reference = load_robustbench_state("preact_resnet18", tmp_path / "rb.pt")
     assert torch.equal(logits(model), logits(reference))
     torch.testing.assert_close(model.normalize.mean.flatten(), torch.tensor(FILE_MEAN))
+
+
+@pytest.mark.parametrize("block, message", [
+    ('{factory: "no_such_module:f"}', "cell mine, external: model factory .*cannot import"),
+    ('{factory: "external_net:tiny_cnn", weights: missing.pt}', "missing.pt not found"),
+    ('{factory: "external_net:tiny_cnn", normalize: "0.5"}', "normalize"),
+    ('{factory: "external_net:tiny_cnn", colour: red}', "unknown key"),
+    ('"external_net:tiny_cnn"', "must be a mapping"),
+])
+def test_external_cells_are_checked_when_the_study_is_read(block: str, message: str,
+                                                           tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    from robustact.study import load_study
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(TESTS))
+    study = tmp_path / "s.yaml"
+    study.write_text(f"cells: [{{id: mine, external: {block}}}]\nevaluate: {{eps: [0.1]}}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_study(study)

@@ -71,7 +71,7 @@ class ModelSpec:
                               "give e.g. --resize 224")
         return cls(factory.strip(), dataset, dict(args),
                    None if weights is None else str(weights),
-                   parse_normalize(data.get("normalize"), where), resize)
+                   parse_normalize(data.get("normalize"), f"{where}.normalize"), resize)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,6 +152,20 @@ def build_external(spec: ModelSpec, device: str | torch.device = "cpu") -> nn.Mo
         model = NormalizedModel(model, *spec.normalize)
     _check_finite(model, spec)
     return model.to(device).eval()
+
+
+def check_spec(spec: ModelSpec) -> None:
+    """What can be checked without building the model: the factory imports (or names a
+    registered model) and the weights file exists; a one-line error otherwise."""
+    if ":" in spec.factory:
+        import_factory(spec.factory)
+    else:
+        from robustact.models.registry import MODELS
+
+        MODELS.resolve(spec.factory)
+    if spec.weights is not None and not Path(spec.weights).is_file():
+        raise CheckpointError(f"weights {spec.weights} not found; give the path of a state "
+                              "dict or a .safetensors file")
 
 
 def import_factory(path: str) -> Callable[..., Any]:

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from robustact.errors import ConfigError
+from robustact.errors import ConfigError, RobustactError
 from robustact.eval.config import DEFAULT_SUITE, EvalConfig
 from robustact.options import load_config_file, short_hash, within
 from robustact.train.config import TrainConfig
@@ -264,7 +264,7 @@ def load_study(path: str | Path, out: str | Path | None = None) -> StudyConfig:
                                     merge(layout.evaluate, cell_evaluate))
         paper = _check_paper(f"{path}, cell {cell_id}, paper", extra.get("paper"), cell_eval)
         external = _check_external(f"{path}, cell {cell_id}, external", extra.get("external"),
-                                   options)
+                                   config)
         owner = owners.get(config.hash()) if external is None else None
         cell = Cell(cell_id, config, needs=needs, posthoc=posthoc, evaluate=cell_eval,
                     paper=paper, external=external)
@@ -296,19 +296,24 @@ def _check_posthoc(where: str, posthoc: dict[str, Any]) -> None:
                           "shows each defense's parameters") from None
 
 
-def _check_external(where: str, block: Any, options: dict[str, Any]) -> Any:
+def _check_external(where: str, block: Any, config: TrainConfig) -> Any:
     """A cell's ``external:`` block: a user's model evaluated as given, never trained
     (:class:`robustact.models.external.ModelSpec`; its dataset and resize default to the
     cell's ``dataset`` and ``resize``)."""
     if block is None:
         return None
-    from robustact.models.external import ModelSpec
+    from robustact.models.external import ModelSpec, check_spec
 
     if not isinstance(block, dict):
         raise ConfigError(f"{where}: must be a mapping, got {block!r}; give e.g. external: "
                           "{factory: mynets.cifar:resnet20, weights: resnet20.pt}")
-    block = {"dataset": options.get("dataset"), "resize": options.get("resize"), **block}
-    return ModelSpec.from_dict(block, where)
+    block = {"dataset": config.dataset, "resize": config.resize, **block}
+    spec = ModelSpec.from_dict(block, where)
+    try:
+        check_spec(spec)  # before any cell runs: the factory imports, the weights exist
+    except RobustactError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return spec
 
 
 def _check_paper(where: str, paper: Any, evaluate: EvalConfig | None = None
