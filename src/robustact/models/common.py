@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 import robustact.defenses  # noqa: F401  registers the SAP activation
@@ -77,3 +79,22 @@ def init_conv_bn(model: nn.Module) -> None:
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+
+# "symmetric": padding 1 on every side (TRADES / RobustBench WideResNet and PreActResNet).
+# "same": DeepMind's fixed padding (left/top 0, right/bottom 1) before a stride-2 3x3 conv, as
+# their WideResNet and PreActResNet (RobustBench's DMWideResNet, DMPreActResNet).
+PADDINGS = ("symmetric", "same")
+
+
+def explicit_padding(padding: str, stride: int) -> tuple[int, int, int, int] | None:
+    """The F.pad amounts a 3x3 conv of ``stride`` needs under ``padding`` ("same": the conv
+    itself then pads nothing), or None for "symmetric" (the conv pads 1)."""
+    if padding != "same":
+        return None
+    return (1, 1, 1, 1) if stride == 1 else (0, 1, 0, 1)
+
+
+def pad_input(x: torch.Tensor, pad: tuple[int, int, int, int] | None) -> torch.Tensor:
+    """``x`` padded by :func:`explicit_padding`'s amounts (unchanged for None)."""
+    return x if pad is None else F.pad(x, pad)

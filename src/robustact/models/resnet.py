@@ -15,19 +15,21 @@ from torch import nn
 
 from robustact.errors import ConfigError
 from robustact.models.common import (
+    PADDINGS,
     ActLayer,
     act_and_normalize,
     check_choice,
     check_model_args,
     check_positive,
+    explicit_padding,
     init_conv_bn,
+    pad_input,
 )
 from robustact.models.registry import MODELS
 
 STEMS = ("cifar", "imagenet")
 SHORTCUTS = ("A", "B")
 SHORTCUT_INPUTS = ("preact", "input")
-PADDINGS = ("symmetric", "same")  # "same": DeepMind's right/bottom padding of stride-2 convs
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -140,7 +142,7 @@ class PreActBlock(nn.Module):
         super().__init__()
         same = padding == "same"
         self.shortcut_from = shortcut_from
-        self.pad = ((1, 1, 1, 1) if stride == 1 else (0, 1, 0, 1)) if same else None
+        self.pad = explicit_padding(padding, stride)
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.act1 = act()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=0 if same else 1,
@@ -159,13 +161,11 @@ class PreActBlock(nn.Module):
         if self.shortcut is None:
             shortcut = x
         else:
-            shortcut = self.shortcut(self._pad(out if self.shortcut_from == "preact" else x))
-        out = self.conv1(self._pad(out))
+            shortcut = self.shortcut(pad_input(out if self.shortcut_from == "preact" else x,
+                                               self.pad))
+        out = self.conv1(pad_input(out, self.pad))
         out = self.conv2(self.act2(self.bn2(out)))
         return out + shortcut
-
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.pad is None else F.pad(x, self.pad)
 
 
 @MODELS.register("preact_resnet18", aliases=("preactresnet18",))

@@ -18,19 +18,18 @@ from torch import nn
 
 from robustact.errors import ConfigError
 from robustact.models.common import (
+    PADDINGS,
     ActLayer,
     act_and_normalize,
     check_choice,
     check_model_args,
     check_positive,
     check_rate,
+    explicit_padding,
     init_conv_bn,
+    pad_input,
 )
 from robustact.models.registry import MODELS
-
-# "symmetric": padding 1 on every side (TRADES / RobustBench WideResNet). "same": DeepMind's
-# fixed padding (left/top 0, right/bottom 1) before a stride-2 3x3 conv, as their WideResNet.
-PADDINGS = ("symmetric", "same")
 
 
 class WideBlock(nn.Module):
@@ -45,7 +44,7 @@ class WideBlock(nn.Module):
                  dropout: float = 0.0, padding: str = "symmetric") -> None:
         super().__init__()
         same = padding == "same"
-        self.pad = ((1, 1, 1, 1) if stride == 1 else (0, 1, 0, 1)) if same else None
+        self.pad = explicit_padding(padding, stride)
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.act1 = act()
         self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=0 if same else 1,
@@ -61,7 +60,7 @@ class WideBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.act1(self.bn1(x))
         shortcut = x if self.convShortcut is None else self.convShortcut(pre)
-        out = self.conv1(pre if self.pad is None else F.pad(pre, self.pad))
+        out = self.conv1(pad_input(pre, self.pad))
         out = self.act2(self.bn2(out))
         if self.dropout > 0:
             out = F.dropout(out, p=self.dropout, training=self.training)
