@@ -72,8 +72,9 @@ class ImageWork(CellWrapper):
             train(dataclasses.replace(cell.train, out=str(tdir)), resume=resume, log=log)
             seconds = round(time.perf_counter() - start, 1)
         history = read_metrics(tdir / "metrics.jsonl")
-        if seconds is None:  # reused: the epochs' own times
-            seconds = round(sum(r.get("seconds", 0) for r in history), 1) or None
+        if seconds is None and history:  # reused: the epochs' own times (0.0 is a time:
+            # a tiny training rounds to it, and None would read as "not recorded")
+            seconds = round(sum(r.get("seconds", 0) for r in history), 1)
         return Trained(seconds, history)
 
     def evaluate(self, store: ResultsStore | None, run_id: int | None, log: Log) -> float:
