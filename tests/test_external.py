@@ -121,6 +121,7 @@ evaluate: {{eps: [{EPS}], n: {N}, suite: none, diagnose: false,
     record = json.loads((trained["root"] / "ext" / "mine" / "robustness.json").read_text())
     _, robust = _python_api(trained["pt"])
     assert next(r for r in record["rows"] if r["attack"] == "pgd")["robust"] == int(robust.sum())
+    assert "| mine | external | not trained (external) |" in done.stdout
     again = _cli("run", str(study), cwd=trained["root"])  # done: reused, nothing recomputed
     assert again.returncode == 0 and "evaluated earlier" in again.stdout
 

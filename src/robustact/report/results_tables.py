@@ -36,7 +36,8 @@ def study_results_table(name: str, rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _study_row(r: dict[str, Any], columns: list[str]) -> list[str]:
-    training = r["adversarial"] + "-AT" if r["adversarial"] else "standard"
+    training = (r["adversarial"] + "-AT" if r["adversarial"] else
+                "not trained (external)" if r["activation"] == "external" else "standard")
     if r["posthoc"]:
         training += f" + {r['posthoc']}"
     return [r["cell"], r["activation"], training, pct(r["clean"]),

@@ -113,7 +113,8 @@ def environment() -> dict[str, str | None]:
 
 
 def training_label(config: Mapping[str, Any] | None) -> str:
-    """How a run was trained, from its config: ``standard``, ``fgsm-AT eps=0.1``, ...; an
+    """How a run was trained, from its config: ``standard``, ``fgsm-AT eps=0.1``, ``not
+    trained (external)`` (a study's ``external:`` cell), ...; an
     incremental k-WTA sparsity schedule adds ``+ incremental sparsity 0.2->0.1``, a post-hoc defense
     (the study runner stores it as ``config["posthoc"]``) ``+ sap(frac=1.0)``."""
     config = config or {}
@@ -122,6 +123,8 @@ def training_label(config: Mapping[str, Any] | None) -> str:
         label = f"{adversarial['method']}-AT"
         if adversarial.get("eps") is not None:
             label += f" eps={format_eps(float(adversarial['eps']))}"
+    elif config.get("external"):  # a user's network, evaluated as given
+        label = "not trained (external)"
     else:
         label = "standard"
     sparsity = config.get("sparsity")
