@@ -129,7 +129,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resize", type=int, metavar="PX", help="resize images to PX x PX first")
 
 
-#: the flags of a user's model, without which --model-factory is not needed
+#: the flags that describe a user's model besides --model-factory (never with --checkpoint)
 MODEL_FLAGS = ("model_arg", "weights", "normalize", "dataset", "resize")
 
 

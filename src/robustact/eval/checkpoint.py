@@ -93,18 +93,16 @@ def _weights_identity(source: Source) -> list[Any]:
     from robustact.models.checkpoint import checkpoint_file
 
     if isinstance(source, ModelSpec):
-        if source.weights is None:
-            return [source.to_dict()]
-        weights = Path(source.weights).resolve()
-        hint = "give the path of the model's weights file"
-    else:
-        weights = checkpoint_file(source).resolve()
-        hint = "train one with `robustact train`"
+        stamp = source.weights_stamp()
+        if source.weights is not None and stamp is None:
+            raise CheckpointError(f"weights {source.weights} not found; give the path of the "
+                                  "model's weights file")
+        return [*(stamp or []), source.to_dict()]
+    weights = checkpoint_file(source).resolve()
     if not weights.is_file():
-        raise CheckpointError(f"checkpoint {weights} not found; {hint}")
+        raise CheckpointError(f"checkpoint {weights} not found; train one with `robustact train`")
     stat = weights.stat()
-    spec = [source.to_dict()] if isinstance(source, ModelSpec) else []
-    return [str(weights), stat.st_size, stat.st_mtime_ns, *spec]
+    return [str(weights), stat.st_size, stat.st_mtime_ns]
 
 
 def source_label(source: Source) -> str:

@@ -102,8 +102,10 @@ def load_model(
 def _check_finite(model: nn.Module, path: str | Path) -> None:
     """A one-line error when a weight holds NaN or inf (a diverged training): every
     prediction of such a model is meaningless."""
-    for name, param in model.named_parameters():
-        if param.is_floating_point() and not bool(torch.isfinite(param).all()):
-            raise CheckpointError(f"checkpoint {checkpoint_file(path)} holds NaN/inf weights "
-                                  f"({name}): its training diverged; train it again, e.g. "
-                                  "with a lower learning rate")
+    from robustact.models.common import first_non_finite
+
+    name = first_non_finite(model.named_parameters())
+    if name is not None:
+        raise CheckpointError(f"checkpoint {checkpoint_file(path)} holds NaN/inf weights "
+                              f"({name}): its training diverged; train it again, e.g. "
+                              "with a lower learning rate")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -98,3 +98,12 @@ def explicit_padding(padding: str, stride: int) -> tuple[int, int, int, int] | N
 def pad_input(x: torch.Tensor, pad: tuple[int, int, int, int] | None) -> torch.Tensor:
     """``x`` padded by :func:`explicit_padding`'s amounts (unchanged for None)."""
     return x if pad is None else F.pad(x, pad)
+
+
+def first_non_finite(tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating-point tensor of ``(name, tensor)`` pairs holding NaN or
+    inf (weights of a diverged training), or None."""
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None

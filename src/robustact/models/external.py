@@ -76,6 +76,15 @@ class ModelSpec:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def weights_stamp(self) -> list[Any] | None:
+        """The weights file's resolved path, size and time (what identifies its contents),
+        or None without a file (none given, or missing)."""
+        path = Path(self.weights).resolve() if self.weights is not None else None
+        if path is None or not path.is_file():
+            return None
+        stat = path.stat()
+        return [str(path), stat.st_size, stat.st_mtime_ns]
+
     def label(self) -> str:
         """How records and tables name it: ``mynets.cifar:resnet(depth=20)``."""
         args = ", ".join(f"{k}={v}" for k, v in self.args.items())
@@ -256,7 +265,9 @@ def load_weights(model: nn.Module, path: str | Path, what: str) -> None:
 
 
 def _check_finite(model: nn.Module, spec: ModelSpec) -> None:
-    for name, param in model.state_dict().items():
-        if param.is_floating_point() and not bool(torch.isfinite(param).all()):
-            raise CheckpointError(f"weights {spec.weights or spec.factory} hold NaN/inf "
-                                  f"({name}); give weights of a converged training")
+    from robustact.models.common import first_non_finite
+
+    name = first_non_finite(model.state_dict().items())
+    if name is not None:
+        raise CheckpointError(f"weights {spec.weights or spec.factory} hold NaN/inf "
+                              f"({name}); give weights of a converged training")

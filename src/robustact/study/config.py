@@ -99,10 +99,8 @@ class Cell:
         (factory, arguments, normalization, the weights file's path, size and time)."""
         if self.external is None:
             return self.train.hash()
-        weights = Path(self.external.weights) if self.external.weights else None
-        stat = weights.stat() if weights is not None and weights.is_file() else None
         return short_hash({"external": self.external.to_dict(),
-                           "weights": [stat.st_size, stat.st_mtime_ns] if stat else None})
+                           "weights": self.external.weights_stamp()})
 
     def legacy_evaluate_hash(self) -> str | None:
         """The identity the study runner gave the same evaluation before robustact 0.2, so
@@ -268,12 +266,10 @@ def load_study(path: str | Path, out: str | Path | None = None) -> StudyConfig:
         owner = owners.get(config.hash()) if external is None else None
         cell = Cell(cell_id, config, needs=needs, posthoc=posthoc, evaluate=cell_eval,
                     paper=paper, external=external)
-        if external is not None:
-            pass  # evaluated as given: it trains nothing and shares no training run
-        elif owner is not None:
+        if owner is not None:
             cell.train_dir = owner.train_dir
             cell.needs.append(owner.id)
-        else:
+        elif external is None:  # an external cell trains nothing and shares no run
             owners[config.hash()] = cell
         cells.append(cell)
     return StudyConfig(name, root, cells, evaluate)
