@@ -174,6 +174,8 @@ def test_normalize_forms() -> None:
       "--dataset", "fashion_mnist"], "missing.pt not found"),
     (["--model-factory", "external_net:tiny_cnn", "--normalize", "0.5",
       "--dataset", "fashion_mnist"], "--normalize"),
+    (["--model-factory", "external_net:tiny_cnn", "--normalize", "0.1,0.2,0.3,0.4,0.5,0.6",
+      "--dataset", "fashion_mnist"], "3 means and stds but fashion_mnist images have 1"),
 ])
 def test_bad_model_flags_are_one_line(args: list[str], message: str, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch,

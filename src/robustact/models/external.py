@@ -158,6 +158,7 @@ def build_external(spec: ModelSpec, device: str | torch.device = "cpu") -> nn.Mo
     else:
         model = _registered(spec)
     if spec.normalize is not None:
+        _check_channels(spec)
         model = NormalizedModel(model, *spec.normalize)
     _check_finite(model, spec)
     return model.to(device).eval()
@@ -175,6 +176,19 @@ def check_spec(spec: ModelSpec) -> None:
     if spec.weights is not None and not Path(spec.weights).is_file():
         raise CheckpointError(f"weights {spec.weights} not found; give the path of a state "
                               "dict or a .safetensors file")
+
+
+def _check_channels(spec: ModelSpec) -> None:
+    """One mean/std, or one per channel of the dataset's images: a one-line error otherwise
+    (it would fail later as a shape error inside the model)."""
+    if spec.dataset is None or spec.normalize is None:
+        return
+    from robustact.data import dataset_info
+
+    channels, given = dataset_info(spec.dataset).in_channels, len(spec.normalize[0])
+    if given not in (1, channels):
+        raise ConfigError(f"--normalize has {given} means and stds but {spec.dataset} images "
+                          f"have {channels} channel(s); give one value each or {channels}")
 
 
 def import_factory(path: str) -> Callable[..., Any]:
