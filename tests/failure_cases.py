@@ -389,7 +389,7 @@ CASES: list[Case] = [
          train("--adv", "pgd", "--adv-eps", "0.1", "--adv-steps", "0")),
     Case("train-grad-clip-negative", 3, r"grad.?clip", train("--grad-clip", "-1")),
     Case("attack-eps-above-1", 3, r"eps", attack("--eps", "1.5")),
-    Case("attack-eps-negative", 3, r"eps", attack("--eps=-0.1")),
+    Case("attack-eps-negative", 3, r"--eps .-0.1. is negative", attack("--eps=-0.1")),
     Case("attack-eps-nan", 3, r"eps", attack("--eps", "nan")),
     Case("attack-eot-0", 3, r"eot", attack("--attack", "pgd:steps=2,eot=0")),
     Case("attack-bpda-abc", 3, r"bpda", attack("--attack", "pgd:steps=2,bpda=abc")),

@@ -158,7 +158,7 @@ def test_cli_attack_writes_json_and_csv(tmp_path: Path, capsys: pytest.CaptureFi
     assert record["diagnostics"]["verdict"]
     assert (tmp_path / "r.csv").read_text().startswith("attack,")
     assert main(["attack", "--checkpoint", str(run), "--attacks", "pgd", "--eps", "x"]) == 2
-    assert "--eps must be comma-separated" in capsys.readouterr().err
+    assert "--eps 'x' is not a number" in capsys.readouterr().err
     # the default: the adaptive suite, the listed attacks beside it on every point
     assert main(["attack", "--checkpoint", str(run), "--attacks", "fgsm", "--eps", "0.1",
                  "--n", "12", "--probe-size", "8", "--device", "cpu",

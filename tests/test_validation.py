@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from robustact.attacks import FGSM, PGD
 from robustact.cli import main
 from robustact.errors import ConfigError
 from robustact.eval import AttackSpec
@@ -253,3 +254,15 @@ def test_shipped_configs_still_load() -> None:
             assert load_study(path).cells
     for path in (root / "rl").glob("*.yaml"):
         assert load_rl_study(path).cells
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: PGD(eps=0.1, step_size=0.0), "pgd: step_size must be a number > 0, got 0.0"),
+    (lambda: PGD(eps=0.1, rel_step=-1.0), "pgd: rel_step must be a number > 0"),
+    (lambda: FGSM(eps=0.1, step_size=0.0), "fgsm: step_size must be a number > 0"),
+])
+def test_attack_constructors_refuse_a_zero_step(make, message: str) -> None:
+    """The Python API refuses the step sizes the CLI and study files refuse (an attack that
+    never moves would report clean accuracy as robustness)."""
+    with pytest.raises(ConfigError, match=message):
+        make()

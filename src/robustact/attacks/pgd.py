@@ -75,10 +75,11 @@ class PGD(Attack):
         self.random_start = bool(random_start)
         self.loss = loss
         self.loss_fn = get_loss(loss)
+        for key, given in (("step_size", step_size), ("rel_step", rel_step)):
+            if given is not None and not (math.isfinite(given) and given > 0):
+                raise ConfigError(f"{self.name}: {key} must be a number > 0, got {given}")
         if step_size is None:
             step_size = rel_step * eps if rel_step is not None else 2.5 * eps / self.steps
-        if step_size < 0:
-            raise ConfigError(f"{self.name}: step_size must be >= 0, got {step_size}")
         self.step_size = float(step_size)
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -252,8 +253,8 @@ class FGSM(Attack):
         super().__init__(eps=eps, norm=norm, batch_size=batch_size, seed=seed)
         self.loss = loss
         self.loss_fn = get_loss(loss)
-        if step_size is not None and not (math.isfinite(step_size) and step_size >= 0):
-            raise ConfigError(f"{self.name}: step_size must be >= 0, got {step_size}")
+        if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
+            raise ConfigError(f"{self.name}: step_size must be a number > 0, got {step_size}")
         self.step_size = self.eps if step_size is None else float(step_size)
         self.random_start = bool(random_start)
 

@@ -198,11 +198,16 @@ def eps_list(text: str) -> list[float]:
     """``"0.1,8/255"`` -> ``[0.1, 0.0313...]``: the ``--eps`` of ``robustact attack``."""
     from robustact.options import parse_eps
 
-    try:
-        values = [parse_eps(v.strip(), high=math.inf) for v in text.split(",") if v.strip()]
-    except ConfigError:
-        raise ConfigError(f"--eps must be comma-separated numbers (or N/255), got {text!r}"
-                          ) from None
+    values = []
+    for item in (v.strip() for v in text.split(",")):
+        if not item:
+            continue
+        try:
+            values.append(parse_eps(item, high=math.inf))
+        except ConfigError:
+            why = "is negative" if item.startswith("-") else "is not a number"
+            raise ConfigError(f"--eps {item!r} {why}: give comma-separated numbers >= 0 "
+                              "(or N/255), e.g. --eps 0.1,8/255") from None
     if not values:
         raise ConfigError("--eps needs at least one value, e.g. --eps 0.1")
     return values
