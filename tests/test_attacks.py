@@ -126,7 +126,10 @@ def test_restarts_keep_each_examples_best(relu_cnn: nn.Module, fmnist_test: tupl
     # restart 1 of the 4-restart run is the 1-restart run: what it broke stays broken
     assert (four.success | ~one.success).all()
     assert four.robust_accuracy <= one.robust_accuracy
-    assert (four.queries > one.queries).all()
+    # later restarts run only on the examples the earlier ones left robust
+    broke = one.success
+    assert (four.queries[~broke] > one.queries[~broke]).all()
+    assert torch.equal(four.queries[broke], one.queries[broke])
 
 
 def test_bim_ceil_steps_is_the_sap_papers_iterative_attack() -> None:
@@ -145,7 +148,8 @@ SYNCS = ("item", "tolist", "numpy", "cpu", "nonzero", "__bool__", "__int__", "__
 
 
 def test_pgd_steps_make_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Inside the steps nothing reads a tensor back to the host (on a GPU each would stall)."""
+    """Inside the steps nothing reads a tensor back to the host (on a GPU each would stall),
+    but the one retirement every RETIRE_EVERY steps when the attack judges."""
     import robustact.attacks.pgd as pgd
 
     inside = [False]
@@ -175,11 +179,16 @@ def test_pgd_steps_make_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
     for kwargs in ({}, {"norm": "l2", "eps": 0.5}, {"restarts": 2}):
         PGD(**{"eps": 0.1, "steps": 4, **kwargs})(tiny_cnn(0), x, y)
     assert synced == []
+    PGD(eps=1e-4, steps=9)(tiny_cnn(0), x, y)  # retirements after steps 4 and 8
+    assert synced == ["nonzero"] * 2
+    synced.clear()
+    PGD(eps=1e-4, steps=9).perturb(tiny_cnn(0), x, y)  # crafting: nothing retires
+    assert synced == []
 
 
 def test_pgd_spends_one_forward_per_step_and_judges_only_open_examples() -> None:
-    """steps forward+backward passes; the last iterate is evaluated (without gradient) only
-    on the examples that no earlier point misclassified."""
+    """steps forward+backward passes, the fooled examples retiring every RETIRE_EVERY steps;
+    the last iterate is evaluated (without gradient) only on the examples still open."""
     model = tiny_cnn(0)
     x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -191,6 +200,7 @@ def test_pgd_spends_one_forward_per_step_and_judges_only_open_examples() -> None
                                                              torch.is_grad_enabled())))
     eps = 1e-4  # too small to fool the others
     result = PGD(eps=eps, steps=5, step_size=eps / 2)(model, x, y)
-    assert calls == [(8, True)] * 5 + [(5, False)]
-    assert result.queries.tolist() == [5, 5, 5, 6, 6, 6, 6, 6]
+    # after step 4 the three fooled examples retire: steps 5 and the last iterate see 5
+    assert calls == [(8, True)] * 4 + [(5, True), (5, False)]
+    assert result.queries.tolist() == [4, 4, 4, 6, 6, 6, 6, 6]
     assert result.success.tolist() == [True] * 3 + [False] * 5

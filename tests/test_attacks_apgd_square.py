@@ -144,14 +144,13 @@ def test_apgd_queries_per_example_and_restarts() -> None:
     assert torch.equal(result.queries, log.counts())
     assert (result.queries[:4] == 2).all(), "clean errors: clean check + judging pass only"
     # the second restart runs only on examples the first did not fool; an example fooled in a
-    # run retires at the next checkpoint (3, 6, 8 for 10 steps), the others iterate on
+    # run retires after the iteration that fooled it, the others iterate on: clean check, the
+    # start's gradient and k iterations, plus the judging pass
     one_run, two_runs = 1 + (steps + 1) + 1, 1 + 2 * (steps + 1) + 1
     rest, fooled = result.queries[4:], result.success[4:]
-    retired = {1 + (c + 1) + 1 for c in apgd_checkpoints(steps)}
     assert (rest[~fooled] == two_runs).all()
-    assert set(rest[fooled].tolist()) <= retired | {one_run} | {
-        one_run + (c + 1) for c in apgd_checkpoints(steps)} | {two_runs}
-    assert (rest[fooled] < two_runs).any() and (rest[fooled] < one_run).any()
+    assert ((rest[fooled] >= 1 + 2 + 1) & (rest[fooled] < two_runs)).all()
+    assert (rest[fooled] == 1 + 2 + 1).any(), "fooled by the first step: retired at once"
     assert len(result.loss_trace) == steps  # one entry per iteration of the first restart
 
 

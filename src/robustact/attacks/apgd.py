@@ -197,9 +197,13 @@ class APGD(Attack):
         """One restart on examples x (toward ``target`` if given): (returned point, fooled,
         best loss).
 
-        At each checkpoint the examples already misclassified retire with their point, and the
-        remaining iterations run on the others only (a batch that is all fooled stops): the
-        result is the same, the cost shrinks with the robust points."""
+        After each iteration the examples it misclassified retire with their point, and the
+        remaining iterations run on the others only (a batch that is all fooled stops): a
+        deterministic model's outcome is the same, the cost shrinks to the iterations each
+        example needs. (One host sync per iteration, as the step's boolean bookkeeping already
+        costs; under EOT an iteration is many passes, and an example retired by an unlucky
+        average is attacked again by the suite's next attack, which runs on the points the
+        judging still finds robust.)"""
         run = self._start(model, x, y, target)
         checkpoints = set(apgd_checkpoints(self.steps))
         last_check = 0
@@ -208,9 +212,9 @@ class APGD(Attack):
             if k + 1 in checkpoints:
                 self._halve_stalled(run, span=k + 1 - last_check)
                 last_check = k + 1
-                retire = k + 1 < self.steps and bool(run.fooled.any())  # one host sync
-                if retire and not self._retire_fooled(run):  # every example is fooled
-                    return run.out_x, run.out_fooled, run.out_loss
+            retire = k + 1 < self.steps and bool(run.fooled.any())
+            if retire and not self._retire_fooled(run):  # every example is fooled
+                return run.out_x, run.out_fooled, run.out_loss
         return run.finish()
 
     def _start(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -106,6 +106,8 @@ class _Stats:
     bad: torch.Tensor | int = 0
     total: torch.Tensor | int = 0
     tracing: bool = True  # off while a targeted attack works on its later target classes
+    judging: bool = False  # set by __call__: only success counts, so an attack may stop
+    #                        working on an example once it is fooled (not so for training)
 
 
 class Attack:
@@ -154,7 +156,7 @@ class Attack:
         device = model_device(model)
         was_training = model.training
         model.eval()
-        self._stats = _Stats()
+        self._stats = _Stats(judging=True)
         start = time.perf_counter()
         generator_state = self._seed(device)
         outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -56,6 +57,10 @@ class PGD(Attack):
     """
 
     name = "pgd"
+    #: examples stop once fooled when the attack judges (see :meth:`_retires`)
+    retires = True
+    #: steps between two retirements (a host sync each)
+    RETIRE_EVERY = 4
 
     def __init__(
         self, *, eps: float, norm: str = "linf", steps: int = 40, step_size: float | None = None,
@@ -91,57 +96,104 @@ class PGD(Attack):
             y: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.targeted:
             return self.over_targets(model, x, y, self.n_target_classes, self._toward)
-        best = self._restarts(model, x, y, self.loss_fn)
+        best = self._restarts(model, x, y)
         return best.x, best.logits
 
     def _toward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        best = self._restarts(
-            model, x, y, lambda logits, labels: self.targeted_loss_fn(logits, labels, target))
+        best = self._restarts(model, x, y, target)
         return best.x, best.fooled
 
+    def _loss_for(self, target: torch.Tensor | None, rows: torch.Tensor | None) -> LossFn:
+        """The per-example loss of the examples at ``rows`` (None: all), toward their
+        ``target`` if given."""
+        if target is None:
+            return self.loss_fn
+        aimed = target if rows is None else target[rows]
+        assert self.targeted_loss_fn is not None
+        return lambda logits, labels: self.targeted_loss_fn(logits, labels, aimed)
+
+    def _retires(self, model: nn.Module) -> bool:
+        """Whether examples stop being iterated once fooled: when only success counts (the
+        attack is judging, not crafting training examples) on a model in eval mode."""
+        return self.retires and self._stats.judging and not model.training
+
     def _restarts(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  loss_fn: LossFn) -> _Best:
+                  target: torch.Tensor | None = None) -> _Best:
         best = _Best(x)
+        retire = self._retires(model)
         for restart in range(self.restarts):
+            # drawn for the whole batch, so the draws do not depend on who is still attacked
             start = random_start(x, self.eps, self.norm) if self.random_start else x.clone()
-            x_adv = self._iterate(model, x, y, start, best, loss_fn, trace=(restart == 0))
-            self._judge_last(model, x_adv, y, best, loss_fn)
+            rows = None
+            if retire and restart > 0:  # one host sync per restart
+                rows = (~best.fooled).nonzero().squeeze(1)
+                if rows.numel() == 0:
+                    break
+                start = start[rows]
+            x_adv, rows = self._iterate(model, x, y, start, rows, best, target,
+                                        retire=retire, trace=(restart == 0))
+            self._judge_last(model, x_adv, rows, y, best, target)
         return best
 
     def _iterate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
-                 best: _Best, loss_fn: LossFn, *, trace: bool) -> torch.Tensor:
-        """``steps`` gradient steps from ``x_adv``; one forward and backward each, no host sync
-        (the bookkeeping stays on the device)."""
-        for _ in range(self.steps):
-            loss, grad, logits = self.input_gradient(model, x_adv, y, loss_fn)
-            best.update(x_adv, loss, logits, y)
+                 rows: torch.Tensor | None, best: _Best, target: torch.Tensor | None, *,
+                 retire: bool, trace: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``steps`` gradient steps from ``x_adv`` (the examples at ``rows``; None: all), one
+        forward and backward each, with the bookkeeping on the device. With ``retire``, every
+        ``RETIRE_EVERY`` steps (one host sync) the examples already fooled stop, keeping their
+        point, and the others go on alone. Returns the last iterate and its rows."""
+        xs, ys = (x, y) if rows is None else (x[rows], y[rows])
+        for step in range(self.steps):
+            with _counted(model, rows):
+                loss, grad, logits = self.input_gradient(model, x_adv, ys,
+                                                         self._loss_for(target, rows))
+            best.update_rows(rows, x_adv, loss, logits, y)
             if trace:
-                self.record_loss(loss)
-            x_adv = self.project(x, x_adv + self.step_size * self.direction(grad))
-        return x_adv
+                self.record_loss(best.trace(rows, loss))
+            x_adv = self.project(xs, x_adv + self.step_size * self.direction(grad))
+            if retire and (step + 1) % self.RETIRE_EVERY == 0 and step + 1 < self.steps:
+                open_ = (~best.fooled if rows is None else ~best.fooled[rows])
+                keep = open_.nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    return x_adv[:0], keep
+                if keep.numel() < len(open_):
+                    rows = keep if rows is None else rows[keep]
+                    x_adv, xs, ys = x_adv[keep], xs[keep], ys[keep]
+        return x_adv, rows
 
-    def _judge_last(self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, best: _Best,
-                    loss_fn: LossFn) -> None:
-        """Evaluate the last iterate (no gradient was taken there) where it can change the
-        outcome: on the examples no earlier point misclassified (for the others it could only
-        replace one misclassified point by another). One host sync per restart. A model in
-        training mode (adversarial training) sees the whole batch, as its BatchNorm would."""
-        open_ = None if model.training else ~best.fooled
-        idx = None if open_ is None else open_.nonzero().squeeze(1)
-        if idx is not None and idx.numel() == 0:
+    def _judge_last(self, model: nn.Module, x_adv: torch.Tensor, rows: torch.Tensor | None,
+                    y: torch.Tensor, best: _Best, target: torch.Tensor | None) -> None:
+        """Evaluate the last iterate (of the examples at ``rows``; no gradient was taken there)
+        where it can change the outcome: on the examples no earlier point misclassified (for
+        the others it could only replace one misclassified point by another). One host sync
+        per restart. A model in training mode (adversarial training) sees the whole batch, as
+        its BatchNorm would."""
+        if model.training:
+            with torch.no_grad():
+                logits = model(x_adv)
+            best.update(x_adv, self._loss_for(target, None)(logits, y), logits, y)
             return
-        with torch.no_grad():
-            if idx is None or idx.numel() == len(y):
-                logits, open_ = model(x_adv), None
-            else:
-                assert best.logits is not None  # set by the steps
-                with subset_queries(model, idx):
-                    logits = best.logits.index_copy(0, idx, model(x_adv[idx]))
-        best.update(x_adv, loss_fn(logits, y), logits, y, only=open_)
+        positions = torch.arange(len(y), device=y.device) if rows is None else rows
+        open_ = ~best.fooled[positions]
+        local = open_.nonzero().squeeze(1)
+        if local.numel() == 0:
+            return
+        idx = positions[local]
+        assert best.logits is not None  # set by the steps
+        with torch.no_grad(), subset_queries(model, idx):
+            logits = best.logits.index_copy(0, idx, model(x_adv[local]))
+        only = torch.zeros_like(best.fooled).index_fill_(0, idx, True)
+        full_x = best.x.index_copy(0, idx, x_adv[local])
+        best.update(full_x, self._loss_for(target, None)(logits, y), logits, y, only=only)
 
     def direction(self, grad: torch.Tensor) -> torch.Tensor:
         return step_direction(grad, self.norm)
+
+
+def _counted(model: nn.Module, rows: torch.Tensor | None) -> Any:
+    """Queries charged to the examples at ``rows`` (all when None)."""
+    return nullcontext() if rows is None else subset_queries(model, rows)
 
 
 class _Best:
@@ -153,6 +205,7 @@ class _Best:
         self.fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         self.loss = torch.full((x.shape[0],), -math.inf, device=x.device)
         self.logits: torch.Tensor | None = None
+        self._trace: torch.Tensor | None = None
 
     def update(self, x_adv: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor,
                y: torch.Tensor, only: torch.Tensor | None = None) -> None:
@@ -167,6 +220,27 @@ class _Best:
         self.logits = logits if self.logits is None else torch.where(better[:, None], logits,
                                                                      self.logits)
         self.fooled |= fooled
+
+    def update_rows(self, rows: torch.Tensor | None, x_adv: torch.Tensor, loss: torch.Tensor,
+                    logits: torch.Tensor, y: torch.Tensor) -> None:
+        """:meth:`update` with the points of the examples at ``rows`` (None: all)."""
+        if rows is None:
+            self.update(x_adv, loss, logits, y)
+            return
+        assert self.logits is not None  # the first restart's first step saw every example
+        only = torch.zeros_like(self.fooled).index_fill_(0, rows, True)
+        self.update(self.x.index_copy(0, rows, x_adv), self.loss.index_copy(0, rows, loss),
+                    self.logits.index_copy(0, rows, logits), y, only=only)
+
+    def trace(self, rows: torch.Tensor | None, loss: torch.Tensor) -> torch.Tensor:
+        """Every example's latest loss (a retired example's frozen at its last step), for the
+        loss trace."""
+        if rows is None:
+            self._trace = loss
+        else:
+            assert self._trace is not None
+            self._trace = self._trace.index_copy(0, rows, loss)
+        return self._trace
 
 
 @ATTACKS.register()
@@ -203,6 +277,7 @@ class MIFGSM(PGD):
     """Momentum iterative FGSM (Dong et al. 2018): g <- mu g + grad / ||grad||_1; step sign(g)."""
 
     name = "mifgsm"
+    retires = False  # its momentum is per example and the whole batch's
 
     def __init__(self, *, eps: float, norm: str = "linf", steps: int = 10,
                  step_size: float | None = None, decay: float = 1.0, loss: str = "ce",
