@@ -62,7 +62,20 @@ def test_perturb_keeps_training_mode_and_fresh_randomness() -> None:
     assert model.training  # crafted in training mode, mode untouched
     assert not torch.equal(a, b)  # no reseeding: every batch gets its own random start
     assert (a - x).abs().max() <= 0.05 + 1e-6 and a.min() >= 0 and a.max() <= 1
-    assert len(attack._stats.loss) == 3  # bookkeeping does not grow over a training run
+    assert attack._stats.loss == []  # crafting keeps no bookkeeping over a training run
+
+
+def test_crafting_is_torchattacks_pgd_step_for_step() -> None:
+    """perturb with one restart returns the last iterate: the same points torchattacks.PGD
+    computes from the same random start (uniform in the ball, signed steps, projection)."""
+    torchattacks = pytest.importorskip("torchattacks")  # a dev dependency (Makefile installs it)
+    model = tiny_model().eval()
+    x, y = torch.rand(32, 1, 4, 4), torch.randint(0, 3, (32,))
+    torch.manual_seed(3)
+    ours = PGD(eps=0.1, steps=5, step_size=0.03).perturb(model, x, y)
+    torch.manual_seed(3)
+    theirs = torchattacks.PGD(model, eps=0.1, alpha=0.03, steps=5, random_start=True)(x, y)
+    torch.testing.assert_close(ours, theirs)
 
 
 def test_mixed_batch_perturbs_only_the_adversarial_share() -> None:

@@ -240,9 +240,11 @@ class Attack:
     def record_gradient(self, grad: torch.Tensor,
                         count: torch.Tensor | None = None) -> torch.Tensor:
         """Count the zero / non-finite entries of an input gradient (of the examples in the
-        bool mask ``count``, default all) for the diagnostics and return the gradient with
-        those entries set to 0 (no host sync)."""
+        bool mask ``count``, default all) for the diagnostics, when the attack judges, and
+        return the gradient with those entries set to 0 (no host sync)."""
         grad = torch.nan_to_num(grad.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+        if not self._stats.judging:  # crafting (perturb): nobody reads the counts
+            return grad
         if count is None:
             self._stats.bad = self._stats.bad + (grad.numel() - torch.count_nonzero(grad))
             self._stats.total += grad.numel()

@@ -54,6 +54,13 @@ class PGD(Attack):
             misclassified, with the targeted version of ``loss`` (minus the target's
             cross-entropy, z_t - z_y, or the targeted DLR); success is any misclassification.
         n_target_classes: target classes a targeted run tries.
+
+    Called to judge (``attack(model, x, y)`` on a model in eval mode), an example stops once a
+    point misclassified it: every ``RETIRE_EVERY`` steps the fooled ones keep their point and
+    the others go on alone, and a restart runs only on the examples no earlier one fooled. The
+    outcome of a deterministic model is the same; the cost shrinks to what each example needs.
+    Crafting training examples (:meth:`perturb`) runs every step on the whole batch, and with
+    one restart returns the last iterate.
     """
 
     name = "pgd"
@@ -96,8 +103,25 @@ class PGD(Attack):
             y: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.targeted:
             return self.over_targets(model, x, y, self.n_target_classes, self._toward)
+        if not self._stats.judging and self.restarts == 1:
+            return self._craft(model, x, y)
         best = self._restarts(model, x, y)
         return best.x, best.logits
+
+    def _craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The last iterate, for :meth:`perturb` with one restart (Madry et al.'s training
+        examples, and what torchattacks returns): no best point and no judging forward."""
+        x_adv = random_start(x, self.eps, self.norm) if self.random_start else x.clone()
+        box = None  # L-inf: the ball within [0, 1] is a box, and a signed step can be in place
+        if self.norm == "linf" and type(self).direction is PGD.direction:
+            box = (x - self.eps).clamp_(min=0.0), (x + self.eps).clamp_(max=1.0)
+        for _ in range(self.steps):
+            _, grad, _ = self.input_gradient(model, x_adv, y, self.loss_fn)
+            if box is None:
+                x_adv = self.project(x, x_adv + self.step_size * self.direction(grad))
+            else:  # grad is a fresh tensor and x_adv's graph is gone: no copies
+                x_adv = x_adv.add_(grad.sign_(), alpha=self.step_size).clamp_(*box)
+        return x_adv
 
     def _toward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -105,16 +105,16 @@ def stable_eot(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, start: int
         n = start
         agreement = gradient_agreement(model, x, y, n)
         while agreement < min_cosine and n < limit:
-            n = min(limit, max(n + start, _predicted_passes(n, agreement, min_cosine, start)))
+            n = min(limit, max(n + start, predicted_passes(n, agreement, min_cosine, start)))
             agreement = gradient_agreement(model, x, y, n)
         return n, agreement
     finally:
         model.train(was_training)
 
 
-def _predicted_passes(n: int, agreement: float, target: float, step: int) -> int:
+def predicted_passes(n: int, agreement: float, target: float, step: int = 8) -> int:
     """The multiple of ``step`` at which ``c(n) = s / (s + v / n)`` reaches ``target``, from
-    ``c(n)``."""
+    the agreement ``c(n)`` measured at ``n`` passes (see :func:`stable_eot`)."""
     agreement = min(max(agreement, 1e-3), 1 - 1e-6)
     needed = n * (target / (1 - target)) * ((1 - agreement) / agreement)
     return step * max(1, math.ceil(needed / step))

@@ -41,6 +41,7 @@ from torch import nn
 from robustact.attacks.base import check_images, check_logits, non_finite_rows
 from robustact.distributed import current
 from robustact.errors import ConfigError, InputError
+from robustact.eval.budget import max_passes, reference_passes, spent_passes
 from robustact.eval.diagnostics import diagnose as run_diagnostics
 from robustact.eval.outcomes import AttackOutcome, RobustnessReport, merge_outcomes
 from robustact.eval.randomness import Judgement, judge, predict, stable_samples
@@ -206,19 +207,49 @@ def _attack_at(model: nn.Module, specs: list[AttackSpec], eps: float, x: torch.T
                sequential: bool, progress: Callable[[str], None] | None,
                ) -> list[AttackOutcome]:
     """Every attack at one eps: suite attacks (and, without a suite, sequential ones) on the
-    points still robust, paper-style ones on every clean-correct point."""
+    points still robust, paper-style ones on every clean-correct point; a budgeted suite
+    attack only if it fits in what is left of the suite's budget (:mod:`..budget`)."""
     alive = clean.clone()
-    outcomes = []
+    outcomes: list[AttackOutcome] = []
+    ledger = _Ledger(int(clean.sum()))
     for spec in specs:
-        in_sequence = spec.group == "suite" or (spec.group is None and sequential)
+        in_sequence = spec.group in ("suite", "budgeted") or (spec.group is None and sequential)
         targets = alive if in_sequence else clean
+        skip = ledger.refusal(spec, eps, int(targets.sum())) if spec.group == "budgeted" else None
         if progress is not None:
-            progress(f"{spec.label} eps={eps:g} on {int(targets.sum())} points")
+            progress(f"{spec.label} eps={eps:g} "
+                     + (f"skipped: {skip}" if skip else f"on {int(targets.sum())} points"))
+        if skip:
+            targets = torch.zeros_like(targets)
         outcome = _run_attack(model, spec, eps, x, y, targets, n_samples, randomized)
+        if skip:
+            outcome.correct, outcome.params["skipped"] = alive.clone(), skip
         outcomes.append(outcome)
         if in_sequence:
             alive &= outcome.correct
+            ledger.add(outcome, int(alive.sum()))
     return outcomes
+
+
+class _Ledger:
+    """The passes a block's suite attacks spent, against AutoAttack's rand version's."""
+
+    def __init__(self, clean: int) -> None:
+        self.clean, self.spent, self.left_by_first = clean, 0.0, None
+
+    def add(self, outcome: AttackOutcome, alive: int) -> None:
+        self.spent += spent_passes(outcome)
+        if self.left_by_first is None:
+            self.left_by_first = alive
+
+    def refusal(self, spec: AttackSpec, eps: float, points: int) -> str | None:
+        """Why ``spec`` may not run on ``points`` points (None: it fits the budget)."""
+        budget = reference_passes(self.clean, self.left_by_first or 0)
+        cost = max_passes(spec.build(eps), spec.eot, points)
+        if self.spent + cost <= budget:
+            return None
+        return (f"its {cost:,.0f} passes would take the suite past AutoAttack-rand's "
+                f"{budget:,.0f} ({self.spent:,.0f} spent)")
 
 
 def _resolve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: str | None, norm: str,

@@ -67,7 +67,8 @@ class SpecSchema(Schema):
                             "e.g. eot=32, or omit it")
     bpda: bool = Field(False, description="give bpda=true or bpda=false")
     label: str | None = Field(None, description="give a name for the table, e.g. label=pgd40")
-    group: Literal["suite", "paper"] | None = Field(None, description="give suite or paper")
+    group: Literal["suite", "budgeted", "paper"] | None = Field(
+        None, description="give suite, budgeted or paper")
     steps: Annotated[int, Field(ge=1)] | Literal["ceil"] | None = Field(
         None, description="give the iterations, e.g. steps=40")
     step_size: float | None = Field(None, gt=0, description="give a step > 0 on the [0, 1] "

@@ -20,7 +20,7 @@ from robustact.errors import ConfigError
 from robustact.eval.schema import SpecSchema
 from robustact.options import check_schema
 
-GROUPS = ("suite", "paper")
+GROUPS = ("suite", "budgeted", "paper")
 #: options of every spec, besides the attack's own hyperparameters
 SPEC_OPTIONS = ("eot", "bpda", "label", "group")
 #: options of ``transfer`` that describe a surrogate built by a factory
@@ -36,8 +36,10 @@ class AttackSpec:
     ``eot``: wrap the model in ``EOT(model, eot)`` for this attack (expectation over the
     randomness); ``bpda``: wrap it in ``BPDA(model)`` (surrogate gradients of masking layers).
     ``group``: "suite" for an attack of a preset suite (run in sequence on the points still
-    robust), "paper" for one listed beside a suite (run on every clean-correct point, so its
-    number stands alone, as in the seed papers' tables), None without a suite.
+    robust), "budgeted" for a suite attack that runs so only while the block's passes stay
+    within the suite's budget (:mod:`robustact.eval.budget`), "paper" for one listed beside a
+    suite (run on every clean-correct point, so its number stands alone, as in the seed
+    papers' tables), None without a suite.
     """
 
     name: str

@@ -6,14 +6,18 @@
 - ``autoattack-rand``: AutoAttack's version for randomized models: APGD-CE and APGD-DLR with
   EOT over 20 passes.
 - ``adaptive`` (the default): what robustact holds strongest for the model at hand. It looks
-  at the model first: a randomized model (repeated passes differ) is attacked through EOT with
-  as many passes as its gradient estimate needs to be stable (:func:`stable_eot`), and judged on
-  predictions averaged over enough passes for a stable decision (:func:`stable_samples`); layers
-  that declare a BPDA surrogate (k-WTA) are differentiated through it, and the plain gradient
-  is tried as well. The attacks: APGD on the cross-entropy, APGD-T on the targeted DLR loss, and
-  Square (gradient-free, on the margin loss); for a randomized model APGD on the DLR loss
-  replaces the targeted runs, as in AutoAttack's rand version. Each attack runs only on the
-  points still robust.
+  at the model first: a randomized model (repeated passes differ) is attacked through EOT, and
+  judged on predictions averaged over enough passes for a stable decision
+  (:func:`stable_samples`); layers that declare a BPDA surrogate (k-WTA) are differentiated
+  through it, and the plain gradient is tried as well. The attacks: APGD on the cross-entropy,
+  APGD-T on the targeted DLR loss, and Square (gradient-free, on the margin loss); for a
+  randomized model APGD on the DLR loss replaces the targeted runs, as in AutoAttack's rand
+  version. Each attack runs only on the points still robust. On a randomized model the two
+  APGD runs take the EOT passes at which two gradient estimates agree to cosine 0.6 (about
+  AutoAttack's 20 on the demo's SAP network), then a third APGD-CE takes the passes that reach
+  0.8 (:func:`stable_eot`) on the points left, and Square follows: these two are *budgeted*,
+  they run only while the passes spent stay within AutoAttack-rand's on the same points
+  (:mod:`robustact.eval.budget`), so the suite never costs more than the reference.
 
 A suite is resolved for a model into a :class:`Suite`: its attack specs and what was found.
 Each suite is a function registered with ``@SUITES.register(name)`` that builds it from what
@@ -31,12 +35,15 @@ from torch import nn
 
 from robustact.attacks.wrappers import BPDA, is_randomized
 from robustact.errors import ConfigError
-from robustact.eval.randomness import stable_eot, stable_samples
+from robustact.eval.randomness import predicted_passes, stable_eot, stable_samples
 from robustact.eval.spec import AttackSpec
 from robustact.registry import Registry
 
 #: AutoAttack's EOT passes in its rand version
 AUTOATTACK_RAND_EOT = 20
+#: the gradient agreement of the EOT passes of a randomized model's first attacks (the
+#: budgeted APGD-CE after them takes the passes that reach stable_eot's 0.8)
+FIRST_COSINE = 0.6
 #: points used to decide randomness, EOT passes and judging passes
 PROBE_POINTS = 32
 
@@ -46,8 +53,9 @@ class Suite:
     """A resolved suite: the attacks to run in sequence and what the resolution found.
 
     ``n_samples``: passes per prediction when judging (1 for a deterministic model);
-    ``eot``: EOT passes of the gradient attacks (None when deterministic); ``bpda``: names of
-    the layers that declare a surrogate; ``notes``: one line per decision, for the record."""
+    ``eot``: the most EOT passes of its gradient attacks (None when deterministic); ``bpda``:
+    names of the layers that declare a surrogate; ``notes``: one line per decision, for the
+    record."""
 
     name: str
     specs: list[AttackSpec]
@@ -140,11 +148,13 @@ def _adaptive(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, ran
         notes.append(f"{len(surrogates)} layers declare a BPDA surrogate "
                      f"({', '.join(surrogates[:3])}{', ...' if len(surrogates) > 3 else ''}): "
                      "gradient attacks run through it, and on the plain gradient")
-    eot = None
+    eot = stable = None
     if randomized:
-        eot, agreement = stable_eot(model, x, y)
-        notes.append(f"gradient attacks average {eot} EOT passes (two estimates of the input "
-                     f"gradient agree to cosine {agreement:.2f})")
+        stable, agreement = stable_eot(model, x, y)
+        eot = min(stable, predicted_passes(stable, agreement, FIRST_COSINE))
+        notes.append(f"gradient attacks average {eot} EOT passes, the budgeted APGD-CE "
+                     f"{stable} (two estimates of the input gradient agree to cosine "
+                     f"{agreement:.2f} at {stable}, about {FIRST_COSINE} at {eot})")
     classes = _classes(model, x)
     specs = [AttackSpec("apgd_ce", {"norm": norm}, eot=eot, bpda=bpda, group="suite")]
     if bpda:
@@ -159,12 +169,17 @@ def _adaptive(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, ran
                                 group="suite"))
         if bpda:
             specs.append(AttackSpec("apgd_t", {"norm": norm, **targets}, group="suite"))
+    if stable is not None and eot is not None and stable > eot:  # the survivors, less noise
+        specs.append(AttackSpec("apgd_ce", {"norm": norm}, eot=stable, bpda=bpda,
+                                group="budgeted"))
     # score-based: on a randomized model each query is an EOT average of a few passes, and the
     # budget is smaller (random search through noisy scores is the weakest attack there)
     square_eot = max(2, eot // 8) if eot else None
     specs.append(AttackSpec("square", {"norm": norm, "queries": 500 if eot else 5000,
-                                       "p_init": 0.8}, eot=square_eot, group="suite"))
-    return Suite("adaptive", specs, randomized, n_samples, eot=eot, bpda=surrogates, notes=notes)
+                                       "p_init": 0.8}, eot=square_eot,
+                            group="budgeted" if randomized else "suite"))
+    return Suite("adaptive", specs, randomized, n_samples, eot=stable, bpda=surrogates,
+                 notes=notes)
 
 
 @torch.no_grad()
