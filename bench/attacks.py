@@ -99,13 +99,10 @@ def bench_pgd(repeats: int, warmup: int) -> list[dict[str, object]]:
                 times[key].append(timed(fns[key]))
         med = {k: statistics.median(v) for k, v in times.items()}
 
-        def paired(num: str, den: str) -> list[float]:
-            # each repeat times the variants back to back: per-repeat ratios cancel slow
-            # drifts of a shared machine
-            return [t / o for t, o in zip(times[num], times[den], strict=True)]
-
-        craft, judge = paired("torchattacks", "robustact_craft"), paired(
-            "torchattacks_judged", "robustact")
+        # each repeat times the variants back to back: per-repeat ratios cancel slow drifts
+        # of a shared machine
+        craft, judge = (paired(times, "torchattacks", "robustact_craft"),
+                        paired(times, "torchattacks_judged", "robustact"))
         rows.append({
             "model": name, "batch": batch, "shape": "x".join(map(str, shape)),
             "broken": float(ours(model, x, y).success.float().mean()),
@@ -121,6 +118,11 @@ def bench_pgd(repeats: int, warmup: int) -> list[dict[str, object]]:
         })
         print(f"  pgd {name}: done", flush=True)
     return rows
+
+
+def paired(times: dict[str, list[float]], num: str, den: str) -> list[float]:
+    """Per-repeat ratios of the times of ``num`` and ``den``."""
+    return [t / o for t, o in zip(times[num], times[den], strict=True)]
 
 
 def bench_eot(n: int, batch: int, repeats: int, warmup: int) -> dict[str, object]:

@@ -146,7 +146,7 @@ def test_apgd_queries_per_example_and_restarts() -> None:
     # the second restart runs only on examples the first did not fool; an example fooled in a
     # run retires after the iteration that fooled it, the others iterate on: clean check, the
     # start's gradient and k iterations, plus the judging pass
-    one_run, two_runs = 1 + (steps + 1) + 1, 1 + 2 * (steps + 1) + 1
+    two_runs = 1 + 2 * (steps + 1) + 1
     rest, fooled = result.queries[4:], result.success[4:]
     assert (rest[~fooled] == two_runs).all()
     assert ((rest[fooled] >= 1 + 2 + 1) & (rest[fooled] < two_runs)).all()
