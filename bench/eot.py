@@ -81,7 +81,7 @@ def bench_case(name: str, batch: int, n: int, repeats: int,
     ratios = [lo / ba for lo, ba in zip(times["loop"], times["batched"], strict=True)]
     return {
         "model": f"{name}+sap100", "batch": batch, "n": n,
-        "chunk_images": min(eot.chunk_size(x) // batch, n) * batch,
+        "chunk_images": min(eot.draws_per_forward(x), n) * batch,
         "loop_s": statistics.median(times["loop"]),
         "batched_s": statistics.median(times["batched"]),
         "ratio_min": min(ratios), "ratio_median": statistics.median(ratios),

@@ -149,7 +149,7 @@ def looped_eot_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return torch.stack(grads).mean(0), torch.stack(outs).mean(0)
 
 
-@pytest.mark.parametrize(("draws_per_chunk", "two_noises"), [(1, True), (1, False), (3, False)])
+@pytest.mark.parametrize(("draws_per_chunk", "two_noises"), [(1, True), (1, False), (5, False)])
 def test_eot_loss_gradient_is_the_mean_per_draw_gradient(draws_per_chunk: int,
                                                          two_noises: bool) -> None:
     """The gradient attacks get through EOT: the per-draw loss gradients averaged over the
@@ -190,9 +190,15 @@ def test_eot_loss_gradient_back_propagates_each_chunk_once() -> None:
     events: list[str] = []
     model.register_forward_hook(lambda m, i, o: events.append(f"f{i[0].shape[0]}"))
     model[-1].register_full_backward_hook(lambda m, gi, go: events.append("b"))
-    EOT(model, n=8, max_batch=12).loss_gradient(images(6), torch.zeros(6, dtype=torch.long),
+    EOT(model, n=8, max_batch=30).loss_gradient(images(6), torch.zeros(6, dtype=torch.long),
                                                cross_entropy)
-    assert events == ["f1"] + ["f12", "b"] * 4  # f1: the probe of the activation size
+    assert events == ["f1", "f30", "b", "f18", "b"]  # f1: the probe of the activation size
+    # a draw of 6 images fills a quarter of a forward of 24: one draw per forward, as a loop
+    events.clear()
+    eot = EOT(model, n=8, max_batch=24)
+    assert eot.draws_per_forward(images(6)) == 1
+    eot.loss_gradient(images(6), torch.zeros(6, dtype=torch.long), cross_entropy)
+    assert events == ["f1"] + ["f6", "b"] * 8
 
 
 def test_pgd_through_eot_counts_one_query_per_step_and_takes_targets() -> None:
@@ -200,9 +206,9 @@ def test_pgd_through_eot_counts_one_query_per_step_and_takes_targets() -> None:
     calls: list[bool] = []
     base.register_forward_hook(lambda m, i, o: calls.append(torch.is_grad_enabled()))
     x, y = images(6), torch.arange(6) % 5
-    result = PGD(eps=8 / 255, steps=3, step_size=2 / 255)(EOT(base, n=4, max_batch=12), x, y)
+    result = PGD(eps=8 / 255, steps=3, step_size=2 / 255)(EOT(base, n=10, max_batch=30), x, y)
     assert ((result.queries >= 3) & (result.queries <= 4)).all()  # + the last point if open
-    # the probe of the activation size, 3 steps x 2 chunks of 2 draws with gradient, then
+    # the probe of the activation size, 3 steps x 2 chunks of 5 draws with gradient, then
     # only forwards without (the last point, on the examples still open)
     assert calls[:7] == [False] + [True] * 6 and not any(calls[7:])
     targeted = PGD(eps=8 / 255, steps=2, targeted=True, n_target_classes=2)

@@ -119,6 +119,15 @@ class EOT(nn.Module):
             return cap  # one forward; no need to probe the activation size
         return max(1, min(cap, self._budget() // self._per_image_bytes(x)))
 
+    def draws_per_forward(self, x: torch.Tensor) -> int:
+        """Draws of inputs shaped like ``x`` that :meth:`loss_gradient` stacks in one forward.
+
+        Several fill a forward when one draw's batch is small; once one draw fills a quarter
+        of :meth:`chunk_size`, stacking more only makes bigger tensors (on a CPU, 4 draws of
+        64 images per forward ran at 0.96-0.99 of the speed of a loop over the draws)."""
+        cap, batch = self.chunk_size(x), max(x.shape[0], 1)
+        return 1 if batch * 4 >= cap else max(1, cap // batch)
+
     def _budget(self) -> int:
         return DEFAULT_MEMORY_BYTES if self.memory_bytes is None else int(self.memory_bytes)
 
@@ -161,13 +170,14 @@ class EOT(nn.Module):
         the n draws ``model_i`` (Athalye et al. 2018; AutoAttack's rand version averages the
         same way): the loss is taken per draw, on that draw's (B, K) output, so ``loss_fn`` may
         hold per-example tensors (a targeted loss's classes). Each chunk of whole draws
-        (``max_batch`` // B of them, at least one) is run forward and back-propagated at once,
-        and its gradient added up: one chunk's activations are alive at a time and none is
-        recomputed. The returned output (detached) is :meth:`forward`'s reduction of these
-        same draws, and the loss is ``loss_fn`` of it: the prediction the attack judges.
+        (``max_batch`` // B of them; one when B is a quarter of ``max_batch`` or more) is run
+        forward and back-propagated at once, and its gradient added up: one chunk's
+        activations are alive at a time and none is recomputed. The returned output
+        (detached) is :meth:`forward`'s reduction of these same draws, and the loss is
+        ``loss_fn`` of it: the prediction the attack judges.
         """
         batch = x.shape[0]
-        per_chunk = max(1, self.chunk_size(x) // max(batch, 1))
+        per_chunk = self.draws_per_forward(x)
         grad = torch.zeros_like(x)
         outs = []
         for first in range(0, self.n, per_chunk):
