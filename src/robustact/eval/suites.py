@@ -152,9 +152,10 @@ def _adaptive(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, ran
     if randomized:
         stable, agreement = stable_eot(model, x, y)
         eot = min(stable, predicted_passes(stable, agreement, FIRST_COSINE))
-        notes.append(f"gradient attacks average {eot} EOT passes, the budgeted APGD-CE "
-                     f"{stable} (two estimates of the input gradient agree to cosine "
-                     f"{agreement:.2f} at {stable}, about {FIRST_COSINE} at {eot})")
+        agree = f"two estimates of the input gradient agree to cosine {agreement:.2f}"
+        notes.append(f"gradient attacks average {eot} EOT passes ({agree})" if eot == stable
+                     else f"gradient attacks average {eot} EOT passes, the budgeted APGD-CE "
+                     f"{stable} ({agree} at {stable}, about {FIRST_COSINE} at {eot})")
     classes = _classes(model, x)
     specs = [AttackSpec("apgd_ce", {"norm": norm}, eot=eot, bpda=bpda, group="suite")]
     if bpda:
