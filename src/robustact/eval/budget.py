@@ -16,14 +16,15 @@ import math
 
 from robustact.attacks import Attack
 from robustact.eval.outcomes import AttackOutcome
+from robustact.eval.suites import AUTOATTACK_RAND_EOT
 
 __all__ = ["REFERENCE_ITERATIONS", "REFERENCE_EOT", "reference_passes", "spent_passes",
            "max_passes"]
 
 #: AutoAttack's APGD iterations (and the one query at the start) in its rand version
 REFERENCE_ITERATIONS = 101
-#: AutoAttack's EOT passes in its rand version
-REFERENCE_EOT = 20
+#: AutoAttack's EOT passes in its rand version (the ``autoattack-rand`` suite's)
+REFERENCE_EOT = AUTOATTACK_RAND_EOT
 
 
 def reference_passes(clean: int, left_by_first: int) -> float:
